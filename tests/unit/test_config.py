@@ -1,0 +1,30 @@
+"""The config tree: unknown keys, overrides, validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from nvembed.config import ConfigError, EmbedderConfig, apply_overrides, from_dict, load_yaml
+
+
+def test_unknown_key_names_its_path():
+    with pytest.raises(ConfigError, match="'pooling.num_latent'"):
+        from_dict(EmbedderConfig, {"pooling": {"num_latent": 8}})
+
+
+def test_dotted_overrides_apply_and_validate():
+    cfg = apply_overrides(EmbedderConfig(), ["lora.rank=32", "pooling.num_latents=128", "model.dtype=bfloat16"])
+    assert (cfg.lora.rank, cfg.pooling.num_latents, cfg.model.dtype) == (32, 128, "bfloat16")
+    with pytest.raises(ConfigError, match="lora.rnk"):
+        apply_overrides(EmbedderConfig(), ["lora.rnk=3"])
+    with pytest.raises(ConfigError, match="pooling.kind"):
+        apply_overrides(EmbedderConfig(), {"pooling.kind": "cls"})
+    with pytest.raises(ConfigError, match="expected int"):
+        apply_overrides(EmbedderConfig(), {"lora.rank": "sixteen"})
+
+
+def test_yaml_errors_name_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  name_or_path: x\n  colour: red\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'model.colour'"):
+        load_yaml(str(path), EmbedderConfig)
