@@ -10,6 +10,7 @@ One dataclass per section; each field has a one-line doc (the comment on its lin
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -200,8 +201,6 @@ class RunConfig:
             raise ConfigError("run.max_steps and run.batch_size must be >= 1")
         if self.autocast not in ("auto", "bf16", "fp16", "off"):
             raise ConfigError(f"run.autocast must be auto|bf16|fp16|off, got {self.autocast!r}")
-        if self.stage == 2 and not self.init_from:
-            raise ConfigError("run.init_from is required for stage 2 (the stage-1 final model folder)")
 
 
 @dataclass
@@ -216,12 +215,58 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
+    def __post_init__(self) -> None:
+        if self.run.stage == 2 and not self.run.init_from:
+            raise ConfigError("run.init_from is required for stage 2 (the stage-1 final model folder)")
+
     def embedder_config(self) -> EmbedderConfig:
         return EmbedderConfig(model=self.model, pooling=self.pooling, lora=self.lora)
 
     @property
     def in_batch_negatives(self) -> bool:
         return self.run.stage == 1 if self.loss.in_batch_negatives is None else self.loss.in_batch_negatives
+
+
+@dataclass
+class StageConfig:
+    """What differs between the two stages: data, loss, optimiser, run length."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+@dataclass
+class JobConfig:
+    """A training job: one embedder, stage 1 then stage 2 (initialised from stage 1's final model)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pooling: PoolingConfig = field(default_factory=PoolingConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    stage1: StageConfig | None = None  # retrieval, in-batch + hard negatives (None: skip)
+    stage2: StageConfig | None = None  # blend, hard negatives only (None: skip)
+    output_dir: str = "runs/nvembed"  # stage N writes <output_dir>/stageN/
+
+    def __post_init__(self) -> None:
+        if self.stage1 is None and self.stage2 is None:
+            raise ConfigError("a job needs stage1 and/or stage2")
+
+    def stages(self) -> list[int]:
+        return [n for n, s in ((1, self.stage1), (2, self.stage2)) if s is not None]
+
+    def stage_config(self, n: int) -> TrainConfig:
+        """The full config of stage ``n``; stage 2 starts from ``<output_dir>/stage1/final`` unless told otherwise."""
+        stage = self.stage1 if n == 1 else self.stage2
+        if stage is None:
+            raise ConfigError(f"this job has no stage{n} section")
+        run = dataclasses.replace(stage.run, stage=n, output_dir=f"{self.output_dir}/stage{n}")
+        if n == 2 and not run.init_from:
+            run.init_from = f"{self.output_dir}/stage1/final"
+        data = stage.data
+        if data.cache_dir is None:  # one cache for both stages: rows mined for stage 1 are reused by stage 2
+            data = dataclasses.replace(data, cache_dir=f"{self.output_dir}/data")
+        return TrainConfig(self.model, self.pooling, self.lora, data, stage.loss, stage.optim, run)
 
 
 # --------------------------------------------------------------------------------------------- generic tree code
@@ -329,6 +374,8 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any] | list[str]) -> Any:
 
 def load_yaml(path: str, cls: type, overrides: list[str] | None = None) -> Any:
     """Read a YAML file into ``cls`` and apply ``--set`` overrides; errors name the file."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: config file not found")
     with open(path, encoding="utf-8") as fh:
         try:
             data = yaml.safe_load(fh) or {}

@@ -41,6 +41,7 @@ from nvembed.modeling.builders import (
     build_tokenizer,
     maybe_apply_lora,
     prepare_backbone,
+    resolve_model_path,
 )
 from nvembed.modeling.embedder import NVEmbedModel
 from nvembed.modeling.lora import base_state_dict, is_peft
@@ -139,7 +140,7 @@ class Embedder:
                 ``ff_mult``, ``normalize``, ``zero_init_residual``), ``lora`` (bool or dict), ``seed``, ``device``,
                 ``query_instruction``, and ``trainable`` (load a saved adapter as trainable).
         """
-        path = str(name_or_path)
+        path = resolve_model_path(str(name_or_path))
         seed = options.pop("seed", 0)
         device = options.pop("device", None)
         trainable = options.pop("trainable", False)

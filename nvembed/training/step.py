@@ -19,6 +19,22 @@ def autocast_context(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def sorted_chunks(features: dict[str, torch.Tensor], size: int) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor]:
+    """Rows sorted by length (longest first) and cut into chunks trimmed to their own longest row.
+
+    One long document otherwise pads every row of the batch to its length: on the stage-1 data of
+    ``jobs/configs/minilm_recipe.yaml`` three quarters of the positions were padding (docs/bugs.md).
+
+    Returns:
+        The chunks and the inverse permutation that puts their concatenated outputs back in batch order.
+    """
+    lengths = features["attention_mask"].sum(dim=1)  # [n]
+    order = torch.argsort(lengths, descending=True, stable=True)  # [n]
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=order.device)
+    return split_features({k: v[order] for k, v in features.items()}, size), inverse
+
+
 def contrastive_backward(
     model: torch.nn.Module,
     batch: ContrastiveBatch,
@@ -26,6 +42,7 @@ def contrastive_backward(
     chunk_size: int | None = None,
     autocast_dtype: torch.dtype | None = None,
     backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
+    micro_batch: int = 32,
 ) -> torch.Tensor:
     """Embed queries and documents, compute InfoNCE, backpropagate; returns the detached loss.
 
@@ -33,9 +50,10 @@ def contrastive_backward(
         model: ``features -> [n, D]`` (an :class:`NVEmbedModel`, possibly wrapped by DDP/DeepSpeed).
         batch: a :class:`ContrastiveBatch` on the model's device.
         temperature: τ.
-        chunk_size: rows per GradCache chunk; ``None`` embeds the whole batch at once (plain).
+        chunk_size: rows per GradCache chunk; ``None`` keeps the whole graph (plain loss).
         autocast_dtype: e.g. ``torch.bfloat16`` on GPUs; None runs in the weights' dtype.
         backward: how to backpropagate (DeepSpeed passes ``engine.backward``).
+        micro_batch: without GradCache, rows per length-sorted forward pass (less padding, same result).
     """
     device = batch.neg_mask.device
 
@@ -43,12 +61,17 @@ def contrastive_backward(
         with autocast_context(device, autocast_dtype):
             return model(**features).float()  # [n, D]
 
+    q_chunks, q_inv = sorted_chunks(batch.queries, chunk_size or micro_batch)
+    d_chunks, d_inv = sorted_chunks(batch.docs, chunk_size or micro_batch)
+
     def loss_fn(queries: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
-        return contrastive_loss(queries, docs, batch.neg_mask, batch.in_batch, temperature)
+        # inputs arrive in length-sorted order; put them back in batch order: [B, D], [B(1+K), D]
+        return contrastive_loss(queries[q_inv], docs[d_inv], batch.neg_mask, batch.in_batch, temperature)
 
     if chunk_size is None:
-        loss = loss_fn(embed(batch.queries), embed(batch.docs))
+        queries = torch.cat([embed(c) for c in q_chunks])  # [B, D]
+        docs = torch.cat([embed(c) for c in d_chunks])  # [B(1+K), D]
+        loss = loss_fn(queries, docs)
         backward(loss)
         return loss.detach()
-    groups = [split_features(batch.queries, chunk_size), split_features(batch.docs, chunk_size)]
-    return gradcache_backward(embed, groups, loss_fn, backward)
+    return gradcache_backward(embed, [q_chunks, d_chunks], loss_fn, backward)

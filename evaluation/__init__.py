@@ -1,0 +1,1 @@
+"""MTEB evaluation of nvembed models (mteb 2.x tasks, evaluators and result format)."""

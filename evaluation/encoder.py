@@ -1,0 +1,146 @@
+"""mteb encoders: nvembed models with NV-Embed's per-task instructions, and plain sentence-transformers baselines.
+
+Instruction placement (spec §3): retrieval and reranking put the task instruction on the query side only
+(QuoraRetrieval on both); every other task type (mteb passes ``prompt_type=None``) encodes every text with it.
+
+The :class:`ModelMeta` name and revision change with the checkpoint's contents **and** with the instruction set,
+so mteb's result cache never silently serves a result computed under another configuration
+(``../shared/MTEB_OFFLINE.md`` §7).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from mteb.models.abs_encoder import AbsEncoder
+from mteb.types import PromptType
+
+from nvembed.data.instructions import REGISTRY, UnknownTaskError, get_instruction
+
+TYPE_FALLBACK = {
+    "Retrieval": "Given a query, retrieve relevant documents that answer the query",
+    "Reranking": "Given a query, retrieve relevant documents that answer the query",
+    "STS": "Retrieve semantically similar text.",
+    "Summarization": "Given a news summary, retrieve other semantically similar summaries",
+    "PairClassification": "Retrieve text that is semantically similar to the given text",
+    "Classification": "Classify the given text",
+    "Clustering": "Identify the topic or theme of the given text",
+}
+
+
+def folder_fingerprint(path: str | Path) -> str:
+    """Hash of a model folder's config and weight files (sizes + first/last MiB), cheap even for 15 GB."""
+    path = Path(path)
+    h = hashlib.sha1()
+    if not path.is_dir():
+        h.update(str(path).encode())
+        return h.hexdigest()[:12]
+    for f in sorted(path.rglob("*")):
+        if not f.is_file() or f.suffix not in (".json", ".safetensors", ".bin", ".model", ".txt"):
+            continue
+        h.update(str(f.relative_to(path)).encode())
+        size = f.stat().st_size
+        h.update(str(size).encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 20))
+            if size > 2 << 20:
+                fh.seek(-(1 << 20), 2)
+                h.update(fh.read())
+    return h.hexdigest()[:12]
+
+
+def instruction_fingerprint(overrides: dict[str, str] | None = None, template: str = "") -> str:
+    table = {k: (v.instruction, v.documents) for k, v in REGISTRY.items()}
+    blob = json.dumps({"registry": table, "overrides": overrides or {}, "template": template}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:8]
+
+
+def make_meta(name: str, revision: str, embed_dim: int | None, max_tokens: int | None, n_parameters: int | None):
+    import mteb
+
+    base = mteb.get_model_meta("sentence-transformers/all-MiniLM-L6-v2")
+    return base.model_copy(
+        update=dict(
+            name=name,
+            revision=revision,
+            loader=None,
+            loader_kwargs={},
+            release_date=None,
+            n_parameters=n_parameters,
+            memory_usage_mb=None,
+            max_tokens=max_tokens,
+            embed_dim=embed_dim,
+            license=None,
+            open_weights=True,
+            public_training_code=None,
+            public_training_data=None,
+            reference=None,
+            use_instructions=True,
+            training_datasets=None,
+            adapted_from=None,
+            citation=None,
+        )
+    )
+
+
+class NVEmbedEncoder(AbsEncoder):
+    """An :class:`nvembed.Embedder` for ``mteb.evaluate``.
+
+    Args:
+        embedder: the model.
+        name: mteb model name (``org/model``); default ``nvembed/<folder name>``.
+        revision: default ``<weights fingerprint>-<instruction fingerprint>``.
+        instructions: task name -> instruction overrides (otherwise the registry, then a per-type fallback).
+        max_length: token cap at evaluation (NV-Embed evaluated at 512).
+    """
+
+    def __init__(
+        self,
+        embedder,
+        name: str | None = None,
+        revision: str | None = None,
+        instructions: dict[str, str] | None = None,
+        max_length: int = 512,
+        source: str | None = None,
+    ) -> None:
+        self.model = embedder
+        self.instructions = dict(instructions or {})
+        self.max_length = max_length
+        folder = source or embedder.config.model.name_or_path
+        name = name or f"nvembed/{Path(str(folder)).name or 'model'}"
+        revision = revision or (
+            f"{folder_fingerprint(folder)}-{instruction_fingerprint(self.instructions, embedder.inputs.instruction_template)}"
+        )
+        n_params = sum(p.numel() for p in embedder.model.parameters())
+        self.mteb_model_meta = make_meta(name, revision, embedder.dim, max_length, n_params)
+        self.calls: list[tuple[str, str | None, int]] = []  # (task, prompt type, n texts), for tests and logs
+
+    def instruction(self, task_name: str, task_type: str, prompt_type: PromptType | None) -> str | None:
+        if task_name in self.instructions:
+            text, documents = self.instructions[task_name], task_type not in ("Retrieval", "Reranking")
+        else:
+            try:
+                entry = get_instruction(task_name)
+                text, documents = entry.instruction, entry.documents
+            except UnknownTaskError:
+                text = TYPE_FALLBACK.get(task_type, TYPE_FALLBACK["Retrieval"])
+                documents = task_type not in ("Retrieval", "Reranking")
+        if prompt_type == PromptType.document and not documents:
+            return None
+        return text
+
+    def encode(self, inputs, *, task_metadata, hf_split: str, hf_subset: str, prompt_type=None, **kwargs: Any):
+        texts = [t for batch in inputs for t in batch["text"]]
+        texts = [t if t.strip() else " ." for t in texts]  # mteb data can hold empty strings; keep rows aligned
+        instruction = self.instruction(task_metadata.name, task_metadata.type, prompt_type)
+        self.calls.append((task_metadata.name, getattr(prompt_type, "value", prompt_type), len(texts)))
+        return self.model.encode(
+            texts,
+            instruction=instruction,
+            batch_size=int(kwargs.get("batch_size", 32)),
+            max_length=self.max_length,
+            show_progress=bool(kwargs.get("show_progress_bar", False)),
+        )

@@ -1,0 +1,118 @@
+"""Run mteb tasks on local folders (``--task-data TASK=DIR``), through mteb's own task classes and evaluators.
+
+Formats (``../shared/data/INDEX.md``):
+
+* Retrieval / Reranking (BEIR layout): ``corpus.jsonl`` {_id, title, text}, ``queries.jsonl`` {_id, text},
+  ``qrels/<split>.tsv``. mteb's retrieval loader asks ``datasets`` for the configs ``corpus``, ``queries`` and
+  ``default`` (qrels), so we materialise a small folder whose ``README.md`` declares them, with links to the files.
+* STS, classification, clustering, pair classification, summarization: ``<split>.jsonl`` files (``test.jsonl``,
+  ``train.jsonl``, ...) with the task's usual columns; ``datasets`` reads them straight from the folder.
+
+A folder that does not match raises :class:`LocalDataError` naming the missing file or column.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+REQUIRED_COLUMNS = {
+    "STS": {"sentence1", "sentence2", "score"},
+    "Classification": {"text", "label"},
+    "PairClassification": {"sentence1", "sentence2"},
+    "Clustering": {"sentences", "labels"},
+    "Summarization": {"text", "human_summaries", "machine_summaries"},
+}
+
+
+class LocalDataError(ValueError):
+    pass
+
+
+def _first_row(path: Path) -> dict:
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                try:
+                    return json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise LocalDataError(f"{path}:1: invalid JSON: {err.msg}") from err
+    raise LocalDataError(f"{path}: empty file")
+
+
+def _materialise_beir(src: Path, split: str, work: Path) -> Path:
+    for name in ("corpus.jsonl", "queries.jsonl", f"qrels/{split}.tsv"):
+        if not (src / name).is_file():
+            raise LocalDataError(
+                f"{src}: not a BEIR folder for split {split!r}: missing {name} "
+                f"(expected corpus.jsonl, queries.jsonl, qrels/{split}.tsv)"
+            )
+    for name, keys in (("corpus.jsonl", {"_id", "text"}), ("queries.jsonl", {"_id", "text"})):
+        missing = keys - set(_first_row(src / name))
+        if missing:
+            raise LocalDataError(f"{src / name}: first row lacks {sorted(missing)}")
+    work.mkdir(parents=True, exist_ok=True)
+    for name in ("corpus.jsonl", "queries.jsonl"):
+        link = work / name
+        if not link.exists():
+            os.symlink((src / name).resolve(), link)
+    # qrels as JSONL: `datasets` picks one builder for the whole repo from the file extensions, so a .tsv next
+    # to .jsonl files would be parsed as JSON
+    qrels = work / f"qrels-{split}.jsonl"
+    with open(src / "qrels" / f"{split}.tsv", encoding="utf-8") as fh, open(qrels, "w", encoding="utf-8") as out:
+        for i, line in enumerate(fh, start=1):
+            cols = line.rstrip("\n").split("\t")
+            if i == 1 and cols[:2] == ["query-id", "corpus-id"]:
+                continue
+            if len(cols) != 3:
+                raise LocalDataError(f"{src / 'qrels' / f'{split}.tsv'}:{i}: expected 3 tab-separated columns")
+            out.write(json.dumps({"query-id": cols[0], "corpus-id": cols[1], "score": int(float(cols[2]))}) + "\n")
+    (work / "README.md").write_text(
+        "---\nconfigs:\n"
+        "- config_name: corpus\n  data_files:\n  - split: corpus\n    path: corpus.jsonl\n"
+        "- config_name: queries\n  data_files:\n  - split: queries\n    path: queries.jsonl\n"
+        f"- config_name: default\n  data_files:\n  - split: {split}\n    path: qrels-{split}.jsonl\n"
+        "---\nLocal copy materialised by nvembed for mteb.\n"
+    )
+    return work
+
+
+def _materialise_plain(src: Path, task_type: str, splits: list[str], work: Path) -> Path:
+    """Links to exactly the split files mteb needs (other *.jsonl in the folder, e.g. a clustering view, stay out)."""
+    if not src.is_dir():
+        raise LocalDataError(f"{src}: not a folder")
+    required = REQUIRED_COLUMNS.get(task_type, set())
+    work.mkdir(parents=True, exist_ok=True)
+    for split in splits:
+        candidates = [src / f"{split}.jsonl"] + ([src / "dev.jsonl"] if split == "validation" else [])
+        path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            raise LocalDataError(f"{src}: missing {split}.jsonl for a {task_type} task (columns {sorted(required)})")
+        missing = required - set(_first_row(path))
+        if missing:
+            raise LocalDataError(f"{path}: first row lacks column(s) {sorted(missing)} needed by {task_type}")
+        link = work / f"{split}.jsonl"
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        os.symlink(path.resolve(), link)
+    return work
+
+
+def local_task(task, data_dir: str | Path, work_dir: str | Path):
+    """Point an mteb task object at local data; returns the same task (metadata copied, not mutated in place)."""
+    src = Path(data_dir).resolve()
+    task_type = task.metadata.type
+    splits = list(task.metadata.eval_splits)
+    if task_type in ("Retrieval", "Reranking"):
+        if len(splits) != 1:
+            raise LocalDataError(f"{task.metadata.name}: local retrieval data supports one eval split, got {splits}")
+        path = _materialise_beir(src, splits[0], Path(work_dir) / task.metadata.name)
+    else:
+        needed = list(dict.fromkeys(splits + (["train"] if task_type == "Classification" else [])))
+        path = _materialise_plain(src, task_type, needed, Path(work_dir) / task.metadata.name)
+    dataset = dict(task.metadata.dataset)
+    dataset["path"] = str(path)
+    task.metadata = task.metadata.model_copy(update={"dataset": dataset})
+    task.data_loaded = False
+    return task
