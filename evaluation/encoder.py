@@ -111,9 +111,8 @@ class NVEmbedEncoder(AbsEncoder):
         self.max_length = max_length
         folder = source or embedder.config.model.name_or_path
         name = name or f"nvembed/{Path(str(folder)).name or 'model'}"
-        revision = revision or (
-            f"{folder_fingerprint(folder)}-{instruction_fingerprint(self.instructions, embedder.inputs.instruction_template)}"
-        )
+        template = embedder.inputs.instruction_template
+        revision = revision or f"{folder_fingerprint(folder)}-{instruction_fingerprint(self.instructions, template)}"
         n_params = sum(p.numel() for p in embedder.model.parameters())
         self.mteb_model_meta = make_meta(name, revision, embedder.dim, max_length, n_params)
         self.calls: list[tuple[str, str | None, int]] = []  # (task, prompt type, n texts), for tests and logs
