@@ -5,8 +5,13 @@ Formats (``../shared/data/INDEX.md``):
 * Retrieval / Reranking (BEIR layout): ``corpus.jsonl`` {_id, title, text}, ``queries.jsonl`` {_id, text},
   ``qrels/<split>.tsv``. mteb's retrieval loader asks ``datasets`` for the configs ``corpus``, ``queries`` and
   ``default`` (qrels), so we materialise a small folder whose ``README.md`` declares them, with links to the files.
-* STS, classification, clustering, pair classification, summarization: ``<split>.jsonl`` files (``test.jsonl``,
-  ``train.jsonl``, ...) with the task's usual columns; ``datasets`` reads them straight from the folder.
+* STS, classification: ``<split>.jsonl`` files (``test.jsonl``, ``train.jsonl``, ...) with the task's usual
+  columns; ``datasets`` reads links to exactly those files, and the task's own ``dataset_transform`` runs.
+* Pair classification ``{"sentence1", "sentence2", "label"}``, clustering ``{"sentences": [...], "labels": [...]}``,
+  summarization ``{"text", "human_summaries", "machine_summaries", "relevance"}`` and reranking
+  ``{"query", "positive": [...], "negative": [...]}`` (``test.jsonl``): their Hub layouts differ from these files
+  (e.g. Sprint's ``sent1``/``sent2``), so we build the task's in-memory dataset ourselves and mark it loaded
+  (``../shared/MTEB_OFFLINE.md`` §4.1, second route); mteb's evaluator for the type then scores it.
 
 A folder that does not match raises :class:`LocalDataError` naming the missing file or column.
 """
@@ -99,11 +104,103 @@ def _materialise_plain(src: Path, task_type: str, splits: list[str], work: Path)
     return work
 
 
+def _rows(src: Path, split: str, required: set[str], prefix: str = "") -> list[dict]:
+    path = src / f"{prefix}{split}.jsonl"
+    if prefix and not path.is_file():
+        path = src / f"{split}.jsonl"
+    if not path.is_file():
+        raise LocalDataError(f"{src}: missing {split}.jsonl (rows with {sorted(required)})")
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for i, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise LocalDataError(f"{path}:{i}: invalid JSON: {err.msg}") from err
+            missing = required - set(row)
+            if missing:
+                raise LocalDataError(f"{path}:{i}: missing field(s) {sorted(missing)}")
+            rows.append(row)
+    if not rows:
+        raise LocalDataError(f"{path}: no rows")
+    return rows
+
+
+def _in_memory(task, src: Path, split: str):
+    """The task's ``dataset`` built from our local formats (types whose Hub layout differs from ours)."""
+    from datasets import Dataset, DatasetDict
+
+    task_type = task.metadata.type
+    if task_type == "PairClassification":
+        rows = _rows(src, split, {"sentence1", "sentence2", "label"})
+        data = Dataset.from_list(
+            [{"sentence1": r["sentence1"], "sentence2": r["sentence2"], "labels": int(r["label"])} for r in rows]
+        )
+        return DatasetDict({split: data})
+    if task_type == "Clustering":
+        rows = _rows(src, split, {"sentences", "labels"}, prefix="clustering_")
+        if type(task).__mro__[1].__name__ == "AbsTaskClusteringLegacy":  # rows are whole cluster sets
+            data = Dataset.from_list(
+                [{"sentences": r["sentences"], "labels": [str(x) for x in r["labels"]]} for r in rows]
+            )
+        else:  # v2: one row per document
+            flat = [
+                {"sentences": t, "labels": str(lab)}
+                for r in rows
+                for t, lab in zip(r["sentences"], r["labels"], strict=True)
+            ]
+            data = Dataset.from_list(flat)
+        return DatasetDict({split: data})
+    if task_type == "Summarization":
+        rows = _rows(src, split, {"text", "human_summaries", "machine_summaries", "relevance"})
+        return DatasetDict({split: Dataset.from_list(rows)})
+    if task_type == "Reranking":
+        rows = _rows(src, split, {"query", "positive", "negative"})
+        texts: dict[str, str] = {}
+        queries, qrels, top = [], {}, {}
+        for i, r in enumerate(rows):
+            qid = f"q{i}"
+            queries.append({"id": qid, "text": r["query"]})
+            ids = []
+            for label, docs in ((1, r["positive"]), (0, r["negative"])):
+                for d in docs:
+                    did = texts.setdefault(d, f"d{len(texts)}")
+                    ids.append(did)
+                    if label:
+                        qrels.setdefault(qid, {})[did] = 1
+            top[qid] = ids
+        corpus = Dataset.from_list([{"id": did, "title": "", "text": t} for t, did in texts.items()])
+        keep = [q for q in queries if q["id"] in qrels]
+        return {
+            "default": {
+                split: {
+                    "corpus": corpus,
+                    "queries": Dataset.from_list(keep),
+                    "relevant_docs": qrels,
+                    "top_ranked": {q["id"]: top[q["id"]] for q in keep},
+                }
+            }
+        }
+    raise LocalDataError(f"{task.metadata.name}: no in-memory builder for type {task_type}")
+
+
 def local_task(task, data_dir: str | Path, work_dir: str | Path):
     """Point an mteb task object at local data; returns the same task (metadata copied, not mutated in place)."""
     src = Path(data_dir).resolve()
+    if not src.is_dir():
+        raise LocalDataError(f"{src}: not a folder")
     task_type = task.metadata.type
     splits = list(task.metadata.eval_splits)
+    if task_type in ("PairClassification", "Clustering", "Summarization") or (
+        task_type == "Reranking" and not (src / "corpus.jsonl").is_file()
+    ):
+        if len(splits) != 1:
+            raise LocalDataError(f"{task.metadata.name}: local data supports one eval split, got {splits}")
+        task.dataset = _in_memory(task, src, splits[0])
+        task.data_loaded = True
+        return task
     if task_type in ("Retrieval", "Reranking"):
         if len(splits) != 1:
             raise LocalDataError(f"{task.metadata.name}: local retrieval data supports one eval split, got {splits}")

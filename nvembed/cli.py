@@ -21,7 +21,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable")
     p.add_argument("--stage", type=int, choices=[1, 2], action="append", help="run only this stage (repeatable)")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="MTEB evaluation over Ray workers, one leaderboard table")
+    p.add_argument("--model", required=True, help="nvembed export, sentence-transformers folder, hub name or packaged:")
+    p.add_argument("--benchmark", default=None, help='mteb benchmark (default "MTEB(eng, v1)")')
+    p.add_argument("--tasks", default=None, help="comma-separated task names (default: the whole benchmark)")
+    p.add_argument("--task-data", action="append", default=[], metavar="TASK=DIR", help="run TASK on a local folder")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--address", default=None, help="Ray address (default: start a local Ray)")
+    p.add_argument("--output", required=True, help="results folder (mteb layout) and report")
+    p.add_argument("--retries", type=int, default=1, help="retries per failing work item")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--cpus-per-worker", type=float, default=1)
+    p.add_argument("--gpus-per-worker", type=float, default=0)
+    p.add_argument("--baseline", action="store_true", help="treat --model as a plain sentence-transformers model")
+    p.add_argument("--compare", action="append", default=[], metavar="LABEL=DIR", help="another mteb results folder")
+    p.set_defaults(func=_evaluate)
     return parser
+
+
+def _pairs(values: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for v in values:
+        if "=" not in v:
+            raise SystemExit(f"nvembed: {flag} expects NAME=VALUE, got {v!r}")
+        k, val = v.split("=", 1)
+        out[k.strip()] = val.strip()
+    return out
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from evaluation.local import LocalDataError
+    from evaluation.report import write_report
+    from evaluation.runner import resolve_tasks, run_evaluation
+
+    task_data = _pairs(args.task_data, "--task-data")
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    try:
+        outcome = run_evaluation(
+            args.model,
+            args.output,
+            tasks=tasks,
+            benchmark=args.benchmark,
+            task_data=task_data,
+            workers=args.workers,
+            address=args.address,
+            retries=args.retries,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            cpus_per_worker=args.cpus_per_worker,
+            gpus_per_worker=args.gpus_per_worker,
+            baseline=True if args.baseline else None,
+        )
+    except (LocalDataError, ValueError) as err:
+        print(f"nvembed evaluate: {err}", file=sys.stderr)
+        return 2
+    names = tasks if tasks is not None else (list(task_data) if task_data else None)
+    types = {t.metadata.name: t.metadata.type for t in resolve_tasks(args.benchmark, names)}
+    name = outcome.results_dir.parent.name if outcome.results_dir else args.model
+    paths = write_report(args.output, name, outcome.scores, types, outcome.failed, _pairs(args.compare, "--compare"))
+    print(paths["md"].read_text())
+    print(f"results: {outcome.results_dir}\nreport: {paths['md']} {paths['csv']} {paths['png']}")
+    print(f"{len(outcome.scores)} tasks scored, {len(outcome.failed)} failed, {outcome.seconds:.1f} s")
+    return 1 if outcome.failed else 0
 
 
 def _train(args: argparse.Namespace) -> int:

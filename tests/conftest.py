@@ -52,3 +52,27 @@ def shared_data():
     if not os.path.isdir(path):
         pytest.skip(f"shared data folder not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole session: logical CPUs above the 2 cores so Ray Data and actors never starve."""
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    ray.init(
+        num_cpus=4,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={
+            "env_vars": {
+                "HF_HUB_OFFLINE": "1",
+                "HF_DATASETS_OFFLINE": "1",
+                "TOKENIZERS_PARALLELISM": "false",
+                "PYTHONWARNINGS": "ignore",
+                "DS_ACCELERATOR": "cpu",
+            }
+        },
+    )
+    yield ray
+    ray.shutdown()
