@@ -20,7 +20,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="job YAML (e.g. jobs/configs/minilm_recipe.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable")
     p.add_argument("--stage", type=int, choices=[1, 2], action="append", help="run only this stage (repeatable)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: an embedded local Ray)")
+    p.add_argument("--local", action="store_true", help="single process, no Ray (one CPU/GPU; scaling ignored)")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("submit", help="submit a command as a Ray job (Jobs API), stream its logs, return its status")
+    p.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HEAD:8265")
+    p.add_argument("--runtime-env", default="cluster/runtime_env.yaml", help="runtime_env YAML (working_dir, pip, env)")
+    p.add_argument("--no-wait", action="store_true", help="print the job id and return at once")
+    p.add_argument("entrypoint", nargs=argparse.REMAINDER, help="-- then the command, e.g. -- nvembed train CONFIG")
+    p.set_defaults(func=_submit)
 
     p = sub.add_parser("evaluate", help="MTEB evaluation over Ray workers, one leaderboard table")
     p.add_argument("--model", required=True, help="nvembed export, sentence-transformers folder, hub name or packaged:")
@@ -98,13 +107,31 @@ def _train(args: argparse.Namespace) -> int:
         print(f"nvembed train: {err}", file=sys.stderr)
         return 2
     try:
-        results = run_job_locally(job, args.stage)
+        if args.local:
+            finals = {n: r.final_model for n, r in run_job_locally(job, args.stage).items()}
+        else:
+            from nvembed.launch.trainer import run_job_on_ray
+
+            finals = run_job_on_ray(job, args.stage, args.address)
     except DataError as err:
-        print(f"nvembed train: bad training data: {err}", file=sys.stderr)
+        print(f"nvembed train: bad training data (no worker was started): {err}", file=sys.stderr)
         return 2
-    for n, result in results.items():
-        print(f"stage {n} final model: {result.final_model}")
+    for n, final in finals.items():
+        print(f"stage {n} final model: {final}")
     return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from nvembed.launch.submit import submit
+
+    entry = args.entrypoint[1:] if args.entrypoint[:1] == ["--"] else args.entrypoint
+    if not entry:
+        print(
+            "nvembed submit: give the command after --, e.g. -- nvembed train jobs/configs/quickstart.yaml",
+            file=sys.stderr,
+        )
+        return 2
+    return submit(args.address, entry, args.runtime_env, wait=not args.no_wait)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -204,6 +205,35 @@ class RunConfig:
 
 
 @dataclass
+class ScalingConfig:
+    """Where a stage runs (Ray Train ``ScalingConfig``); CPU workers here, one GPU per worker on a cluster."""
+
+    num_workers: int = 1  # data-parallel workers (ranks)
+    use_gpu: bool = False  # one GPU per worker
+    cpus_per_worker: float = 1.0  # logical CPUs reserved per worker (fractional is fine on small machines)
+    engine: str = "ddp"  # ddp: plain torch, gradients averaged across ranks | deepspeed: ZeRO (see deepspeed)
+    max_failures: int = 0  # worker failures tolerated (restart from the last checkpoint)
+    storage_path: str | None = None  # Ray Train storage (default: <output_dir>/ray); shared storage on a cluster
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise ConfigError(f"scaling.num_workers must be >= 1, got {self.num_workers}")
+        if self.engine not in ("ddp", "deepspeed"):
+            raise ConfigError(f"scaling.engine must be ddp|deepspeed, got {self.engine!r}")
+
+
+@dataclass
+class DeepSpeedConfig:
+    """DeepSpeed ZeRO settings, merged over the section file ``config`` (jobs/configs/deepspeed/zero3.yaml)."""
+
+    config: str = "jobs/configs/deepspeed/zero3.yaml"  # base ZeRO section (YAML or JSON)
+    stage: int = 3  # ZeRO stage
+    param_persistence_threshold: int | None = None  # stage3_param_persistence_threshold (0 = partition everything)
+    bf16: bool | None = None  # None: on with GPUs, off on CPU
+    offload_optimizer: bool = False  # optimizer states on CPU (DeepSpeedCPUAdam; JIT-compiled on first use)
+
+
+@dataclass
 class TrainConfig:
     """A training stage: embedder + data + loss + optimiser + run."""
 
@@ -214,8 +244,15 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
     def __post_init__(self) -> None:
+        if self.run.batch_size % self.scaling.num_workers:
+            workers = self.scaling.num_workers
+            raise ConfigError(
+                f"run.batch_size={self.run.batch_size} must be divisible by scaling.num_workers={workers}"
+            )
         if self.run.stage == 2 and not self.run.init_from:
             raise ConfigError("run.init_from is required for stage 2 (the stage-1 final model folder)")
 
@@ -244,6 +281,8 @@ class JobConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     pooling: PoolingConfig = field(default_factory=PoolingConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     stage1: StageConfig | None = None  # retrieval, in-batch + hard negatives (None: skip)
     stage2: StageConfig | None = None  # blend, hard negatives only (None: skip)
     output_dir: str = "runs/nvembed"  # stage N writes <output_dir>/stageN/
@@ -266,7 +305,9 @@ class JobConfig:
         data = stage.data
         if data.cache_dir is None:  # one cache for both stages: rows mined for stage 1 are reused by stage 2
             data = dataclasses.replace(data, cache_dir=f"{self.output_dir}/data")
-        return TrainConfig(self.model, self.pooling, self.lora, data, stage.loss, stage.optim, run)
+        return TrainConfig(
+            self.model, self.pooling, self.lora, data, stage.loss, stage.optim, run, self.scaling, self.deepspeed
+        )
 
 
 # --------------------------------------------------------------------------------------------- generic tree code
@@ -377,10 +418,14 @@ def load_yaml(path: str, cls: type, overrides: list[str] | None = None) -> Any:
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: config file not found")
     with open(path, encoding="utf-8") as fh:
-        try:
-            data = yaml.safe_load(fh) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: invalid YAML: {err}") from err
+        text = os.path.expandvars(fh.read())  # ${VAR} in configs (e.g. a model folder made by a test)
+    unresolved = sorted(set(re.findall(r"\$\{(\w+)\}", text)))
+    if unresolved:
+        raise ConfigError(f"{path}: environment variable(s) not set: {', '.join(unresolved)}")
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {err}") from err
     try:
         cfg = from_dict(cls, data)
         return apply_overrides(cfg, overrides or [])

@@ -80,6 +80,7 @@ class TorchEngine:
         self.optimizer.zero_grad(set_to_none=True)
         loss = contrastive_backward(self.model, batch, self.temperature, self.chunk_size, self.autocast_dtype)
         params = [p for p in self.unwrapped.parameters() if p.requires_grad]
+        average_gradients(params)
         max_norm = self.grad_clip if self.grad_clip else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         self.optimizer.step()
@@ -88,6 +89,30 @@ class TorchEngine:
 
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
+
+
+def average_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Average gradients over ranks (a no-op at world size 1), once per step: DDP's arithmetic.
+
+    Done by hand rather than by wrapping the model in ``DistributedDataParallel``: GradCache runs several
+    forward/backward passes per step, which DDP's reducer would synchronise (or refuse) at every backward.
+    One flat all-reduce per step over the trainable tensors (LoRA + head) is also cheap.
+    """
+    from nvembed.distributed import is_distributed, world_size
+
+    if not is_distributed():
+        return
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world_size()
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        n = g.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
+        offset += n
 
 
 def train_steps(

@@ -1,0 +1,154 @@
+"""Build the Ray Train ``TorchTrainer`` for one stage, and drive a whole job on Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from nvembed.config import JobConfig, TrainConfig, to_dict
+from nvembed.data.plan import plan_key, write_plan
+from nvembed.training.stage import make_batcher
+
+
+def make_trainer(cfg: TrainConfig, plan_dir: str, ds_config: dict | None = None):
+    """``TorchTrainer`` over :func:`nvembed.launch.worker.train_loop_per_worker` (gloo on CPU, NCCL on GPU)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from nvembed.launch.worker import train_loop_per_worker
+
+    s = cfg.scaling
+    storage = s.storage_path or str(Path(cfg.run.output_dir).resolve().parent / "ray")
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": to_dict(cfg), "plan_dir": plan_dir, "ds_config": ds_config},
+        scaling_config=ScalingConfig(
+            num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker}
+        ),
+        torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=f"stage{cfg.run.stage}",
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=s.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=max(1, cfg.run.keep_checkpoints)),
+            worker_runtime_env={"env_vars": worker_env()},
+        ),
+    )
+
+
+def worker_env() -> dict[str, str]:
+    keys = (
+        "HF_HUB_OFFLINE",
+        "HF_DATASETS_OFFLINE",
+        "TOKENIZERS_PARALLELISM",
+        "DS_ACCELERATOR",
+        "NVEMBED_FAIL_AT_STEP",
+        "PYTHONWARNINGS",
+        "TORCH_EXTENSIONS_DIR",
+    )
+    env = {k: os.environ[k] for k in keys if k in os.environ}
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("PYTHONWARNINGS", "ignore")
+    return env
+
+
+def prepare_stage(cfg: TrainConfig, log: Callable[[str], None] = print) -> str:
+    """On the driver, before any worker starts: build and validate rows (bad rows stop here with file:line), then
+    write the step plan. Returns the plan folder."""
+    from nvembed.training.job import stage_rows
+
+    rows = stage_rows(cfg, log=log)
+    world = cfg.scaling.num_workers
+    extra = {
+        "steps": cfg.run.max_steps,
+        "batch": cfg.run.batch_size,
+        "world": world,
+        "seed": cfg.run.seed,
+        "weights": {d.name: d.weight for d in cfg.data.datasets},
+        "in_batch": cfg.in_batch_negatives,
+    }
+    folder = Path(cfg.run.output_dir) / "plan" / plan_key(rows, extra)
+    write_plan(make_batcher(cfg, rows, rank=0, world=1), cfg.run.max_steps, world, folder)
+    log(f"plan: {cfg.run.max_steps} steps x {cfg.run.batch_size} rows over {world} workers -> {folder}")
+    return str(folder)
+
+
+def run_stage_on_ray(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
+    out = Path(cfg.run.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    plan_dir = prepare_stage(cfg, log)
+    ds_config = None
+    if cfg.scaling.engine == "deepspeed":
+        from nvembed.training.deepspeed_engine import deepspeed_config
+
+        ds_config = deepspeed_config(cfg, cfg.scaling.num_workers, cfg.scaling.use_gpu)
+    result = make_trainer(cfg, plan_dir, ds_config).fit()
+    if result.error:
+        raise result.error
+    final = out / "final"
+    plot_losses(out / "metrics.jsonl", out / "loss.png", f"stage {cfg.run.stage}")
+    log(f"stage {cfg.run.stage} final model: {final.resolve()}")
+    return final
+
+
+def plot_losses(metrics: Path, png: Path, title: str) -> None:
+    """``loss.png``: loss per step (the last value logged for a step wins after a restart)."""
+    if not metrics.is_file():
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_step = {}
+    for line in metrics.read_text().splitlines():
+        m = json.loads(line)
+        by_step[m["step"]] = m["loss"]
+    steps = sorted(by_step)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, [by_step[s] for s in steps])
+    ax.set_xlabel("step")
+    ax.set_ylabel("InfoNCE loss")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def run_job_on_ray(
+    job: JobConfig, stages: list[int] | None = None, address: str | None = None, log: Callable[[str], None] = print
+) -> dict[int, Path]:
+    """Run the job's stages on Ray (an existing cluster at ``address``, else an embedded local one)."""
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address)
+        else:
+            need = job.scaling.num_workers * job.scaling.cpus_per_worker + 2  # + Ray Data read/filter tasks
+            ray.init(
+                num_cpus=max(int(need + 0.999), os.cpu_count() or 1),
+                include_dashboard=False,
+                runtime_env={"env_vars": worker_env()},
+            )
+        started = True
+    try:
+        finals = {}
+        for n in stages or job.stages():
+            cfg = job.stage_config(n)
+            negatives = "on" if cfg.in_batch_negatives else "off"
+            log(
+                f"== stage {n} on Ray: {cfg.scaling.num_workers} x {cfg.scaling.engine} workers, {cfg.run.max_steps} "
+                f"steps, global batch {cfg.run.batch_size}, in-batch negatives {negatives}"
+            )
+            finals[n] = run_stage_on_ray(cfg, log)
+        return finals
+    finally:
+        if started:
+            ray.shutdown()

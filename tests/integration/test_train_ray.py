@@ -1,0 +1,129 @@
+"""The Ray training job on CPU: 2 workers, both stages, ZeRO-3 really partitioned, worker crash and exact resume,
+bad rows caught before any worker starts."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nvembed.config import JobConfig, load_yaml
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(900), pytest.mark.usefixtures("ray_local")]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from tests.helpers import save_tiny_backbone
+
+    path = save_tiny_backbone(tmp_path_factory.mktemp("tiny-mistral"))
+    os.environ["NVEMBED_TINY_MODEL"] = path
+    return path
+
+
+def _job(out, *overrides):
+    os.chdir(ROOT)  # config paths are relative to the project root
+    return load_yaml(str(ROOT / "jobs/configs/smoke_cpu.yaml"), JobConfig, [f"output_dir={out}", *overrides])
+
+
+def _losses(metrics: Path) -> dict[int, float]:
+    by_step = {}
+    for line in metrics.read_text().splitlines():
+        m = json.loads(line)
+        by_step[m["step"]] = m["loss"]  # after a restart the re-run step overwrites the first attempt
+    return by_step
+
+
+def _check_final(out: Path, stage: int) -> None:
+    from safetensors.torch import load_file
+
+    from nvembed import Embedder
+    from nvembed.launch.worker import PROBE
+
+    final = out / f"stage{stage}" / "final"
+    adapter = load_file(str(final / "adapter" / "adapter_model.safetensors"))
+    pooler = load_file(str(final / "pooler.safetensors"))
+    assert adapter and all(t.numel() > 0 for t in adapter.values())
+    assert any(float(t.abs().sum()) > 0 for k, t in adapter.items() if "lora_B" in k)  # trained, not the zero init
+    assert pooler and all(t.numel() > 0 for t in pooler.values())
+    reloaded = Embedder.from_pretrained(final).encode(PROBE, show_progress=False)
+    expected = np.load(out / f"stage{stage}" / "probe_embeddings.npy")
+    assert np.abs(reloaded - expected).max() <= 1e-5
+    assert (out / f"stage{stage}" / "loss.png").is_file()
+
+
+def test_two_stages_two_workers_ddp(tiny_model, tmp_path):
+    from nvembed.launch.trainer import run_job_on_ray
+
+    finals = run_job_on_ray(_job(tmp_path))
+    assert set(finals) == {1, 2}
+    for stage in (1, 2):
+        _check_final(tmp_path, stage)
+    stage2 = json.loads((tmp_path / "stage2" / "final" / "nvembed_config.json").read_text())
+    assert stage2["config"]["lora"]["enabled"]
+
+
+def test_zero3_two_workers_really_partitioned(tiny_model, tmp_path):
+    from nvembed.launch.trainer import run_job_on_ray
+
+    job = _job(
+        tmp_path,
+        "scaling.engine=deepspeed",
+        "deepspeed.param_persistence_threshold=0",
+        "stage1.run.max_steps=3",
+        "stage2.run.max_steps=2",
+    )
+    run_job_on_ray(job)
+    for stage in (1, 2):
+        part = json.loads((tmp_path / f"stage{stage}" / "zero_partition.json").read_text())
+        assert part["local_numel"] < part["full_numel"] / 1.5, part  # each rank holds about half
+        _check_final(tmp_path, stage)
+
+
+def test_killed_worker_restarts_from_checkpoint_with_identical_losses(tiny_model, tmp_path, monkeypatch):
+    from nvembed.launch.trainer import run_job_on_ray
+
+    common = ["stage1.run.max_steps=6", "stage1.run.checkpoint_every=2", "scaling.max_failures=1"]
+    run_job_on_ray(_job(tmp_path / "straight", *common), stages=[1])
+    monkeypatch.setenv("NVEMBED_FAIL_AT_STEP", "3")  # the last rank's process exits after step 3
+    run_job_on_ray(_job(tmp_path / "crashed", *common), stages=[1])
+    straight = _losses(tmp_path / "straight/stage1/metrics.jsonl")
+    crashed = _losses(tmp_path / "crashed/stage1/metrics.jsonl")
+    lines = (tmp_path / "crashed/stage1/metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines].count(3) == 2  # step 3 ran twice: before the crash and after
+    assert set(straight) == set(crashed) == set(range(1, 7))
+    for step in range(1, 7):
+        assert crashed[step] == pytest.approx(straight[step], abs=1e-6), step
+
+
+def test_uneven_datasets_do_not_hang(tiny_model, tmp_path):
+    from nvembed.launch.trainer import run_job_on_ray
+
+    small = tmp_path / "small.jsonl"
+    small.write_text(
+        "".join(json.dumps({"query": f"q{i}", "positive": f"p{i}", "negatives": ["n"]}) + "\n" for i in range(3))
+    )
+    job = _job(
+        tmp_path / "out",
+        "stage1.run.max_steps=3",
+        f"stage1.data.datasets=[{{name: snli, format: triplets, path: {small}}}, "
+        f"{{name: wordnet, format: triplets, path: nvembed/resources/train/wordnet_triplets.jsonl, weight: 5}}]",
+    )
+    finals = run_job_on_ray(job, stages=[1])
+    assert (finals[1] / "nvembed_config.json").is_file()
+
+
+def test_malformed_row_stops_the_job_before_workers_start(tiny_model, tmp_path):
+    from nvembed.data.readers import DataError
+    from nvembed.launch.trainer import run_job_on_ray
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "a", "positive": "b"}\n{"query": "c"}\n')
+    job = _job(tmp_path / "out", f"stage1.data.datasets=[{{name: snli, format: triplets, path: {bad}}}]")
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: missing field: 'positive'"):
+        run_job_on_ray(job, stages=[1])
+    assert not (tmp_path / "ray").exists() and not (tmp_path / "out" / "ray").exists()  # no trainer was created
