@@ -1,15 +1,15 @@
-# Two commands for a fresh machine (README): `make demo` (set up + main job) and `make test` (set up + tests).
+# Two commands for a fresh machine (README): `make quickstart` (set up + main job) and `make test` (set up + tests).
 # torch is installed first and pinned: the CPU wheel 2.13.0 is on local disk, while a bare `torch`
 # requirement resolved from nothing would pull a multi-GB CUDA build.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= dev,eval
+EXTRAS ?= dev,eval,ray,deepspeed
 STAMP := $(VENV)/.nvembed-installed
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-slow lint bench clean
+.PHONY: setup quickstart demo test test-slow lint bench clean
 
 setup: $(STAMP)
 
@@ -20,11 +20,14 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 
+quickstart: setup
+	$(VENV)/bin/nvembed train jobs/configs/quickstart.yaml
+
 demo: setup
 	$(VENV)/bin/nvembed demo
 
 test: setup
-	$(PY) -m pytest
+	RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.2 DS_ACCELERATOR=cpu $(PY) -m pytest
 
 test-slow: setup
 	$(PY) -m pytest -m slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,8 +117,13 @@ def _train(args: argparse.Namespace) -> int:
     except DataError as err:
         print(f"nvembed train: bad training data (no worker was started): {err}", file=sys.stderr)
         return 2
+    if job.evaluation is not None and finals:
+        from nvembed.launch.evaluate_job import evaluate_final
+
+        last = max(finals)
+        evaluate_final(Path(finals[last]), job.evaluation, Path(job.output_dir), args.address)
     for n, final in finals.items():
-        print(f"stage {n} final model: {final}")
+        print(f"stage {n} final model: {Path(final).resolve()}")
     return 0
 
 

@@ -124,6 +124,7 @@ class MiningConfig:
 
     teacher: str | None = None  # embedder folder or hub name; None = the packaged MiniLM
     teacher_pooling: str = "mean"  # pooling used when the teacher is a plain backbone
+    teacher_bidirectional: bool = True  # False for causal teachers such as e5-mistral-7b-instruct
     use_instructions: bool = False  # apply task instructions on the teacher's query side
     k: int = 7  # negatives kept per (query, positive)
     margin: float = 0.95  # drop candidates scoring above margin x positive score
@@ -275,6 +276,19 @@ class StageConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    """MTEB evaluation of the job's final model (``nvembed evaluate`` with these settings)."""
+
+    tasks: dict[str, str] = field(default_factory=dict)  # mteb task -> local data folder ("" = the task's Hub data)
+    workers: int = 2  # Ray actors
+    cpus_per_worker: float = 1.0  # logical CPUs per actor
+    gpus_per_worker: float = 0.0  # GPUs per actor on a cluster
+    max_length: int = 512  # token cap
+    batch_size: int = 32  # encode batch
+    baseline: str | None = None  # also evaluate this model (e.g. the untrained backbone) for comparison
+
+
+@dataclass
 class JobConfig:
     """A training job: one embedder, stage 1 then stage 2 (initialised from stage 1's final model)."""
 
@@ -285,6 +299,7 @@ class JobConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     stage1: StageConfig | None = None  # retrieval, in-batch + hard negatives (None: skip)
     stage2: StageConfig | None = None  # blend, hard negatives only (None: skip)
+    evaluation: EvaluationConfig | None = None  # after the last stage (None: skip)
     output_dir: str = "runs/nvembed"  # stage N writes <output_dir>/stageN/
 
     def __post_init__(self) -> None:

@@ -15,7 +15,9 @@ import numpy as np
 
 
 def load_pairs() -> list[dict]:
-    text = resources.files("nvembed.resources").joinpath("stsbenchmark_test.jsonl").read_text(encoding="utf-8")
+    text = (
+        resources.files("nvembed.resources").joinpath("eval", "stsbenchmark", "test.jsonl").read_text(encoding="utf-8")
+    )
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 

@@ -27,9 +27,37 @@ logger = logging.getLogger(__name__)
 Teacher = Callable[[], object]  # returns an Embedder, built lazily (only if something needs mining)
 
 
-def resolve_path(path: str, base: str | Path | None) -> Path:
+REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "hdfs://", "abfs://")
+
+
+def resolve_path(path: str, base: str | Path | None, cache_dir: str | Path | None = None) -> Path:
+    """A local path for ``path``; object-store URIs (s3://, gs://, ...) are copied once into ``cache_dir/remote``
+    with pyarrow's filesystems (the ones Ray Data reads with), so that validation can name file and line."""
+    if path.startswith(REMOTE_SCHEMES):
+        return fetch_remote(path, Path(cache_dir or ".nvembed-cache") / "remote")
     p = Path(os.path.expandvars(os.path.expanduser(path)))
     return p if p.is_absolute() or base is None else Path(base) / p
+
+
+def fetch_remote(uri: str, cache: Path) -> Path:
+    import pyarrow.fs as pafs
+
+    fs, remote = pafs.FileSystem.from_uri(uri)
+    local = cache / hashlib.sha1(uri.encode()).hexdigest()[:12] / Path(remote).name
+    if local.exists():
+        return local
+    info = fs.get_file_info(remote)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"{uri}: not found")
+    tmp = local.with_name(local.name + ".tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    if info.type == pafs.FileType.Directory:
+        pafs.copy_files(remote, str(tmp), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    else:
+        with fs.open_input_stream(remote) as src, open(tmp, "wb") as dst:
+            dst.write(src.read())
+    os.replace(tmp, local)
+    return local
 
 
 def _mine_for_rows(rows: list[TrainingExample], pool: list[str], teacher, mining: MiningConfig, k: int) -> None:
@@ -84,12 +112,13 @@ def convert_dataset(
     teacher: Teacher | None,
     mining: MiningConfig,
     seed: int,
+    cache_dir: str | Path | None = None,
 ) -> list[TrainingExample]:
     """One dataset's rows (no caching)."""
     task = ds.task or ds.name
     query_instr = instruction_for(task, "query")
     k = ds.num_negatives or num_negatives
-    path = resolve_path(ds.path, base)
+    path = resolve_path(ds.path, base, cache_dir)
     if ds.format == "beir":
         data = conv.load_beir(path, ds.split, policy)
         rows = conv.retrieval_examples(data, ds.name, query_instr)
@@ -170,7 +199,7 @@ def build_training_rows(
             rows = [TrainingExample.from_dict(json.loads(line)) for line in cached.read_text().splitlines()]
             log(f"data: {ds.name}: {len(rows)} rows (cached {cached.name})")
         else:
-            rows = convert_dataset(ds, num_negatives, policy, base, teacher, data.mining, seed)
+            rows = convert_dataset(ds, num_negatives, policy, base, teacher, data.mining, seed, cache_dir)
             if eval_texts:
                 rows, report = conv.decontaminate(rows, eval_texts, data.near_duplicate_threshold)
                 log(f"data: {ds.name}: {report}")

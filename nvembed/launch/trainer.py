@@ -35,7 +35,7 @@ def make_trainer(cfg: TrainConfig, plan_dir: str, ds_config: dict | None = None)
             storage_path=storage,
             failure_config=FailureConfig(max_failures=s.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=max(1, cfg.run.keep_checkpoints)),
-            worker_runtime_env={"env_vars": worker_env()},
+            worker_runtime_env={"env_vars": worker_env_for(cfg)},
         ),
     )
 
@@ -53,6 +53,13 @@ def worker_env() -> dict[str, str]:
     env = {k: os.environ[k] for k in keys if k in os.environ}
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("PYTHONWARNINGS", "ignore")
+    return env
+
+
+def worker_env_for(cfg: TrainConfig) -> dict[str, str]:
+    env = worker_env()
+    if not cfg.scaling.use_gpu:
+        env.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed's CPU accelerator (gloo) on CPU workers
     return env
 
 

@@ -85,10 +85,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     keep_alive = None
     if cfg.scaling.engine == "deepspeed":
+        import deepspeed
         from transformers.integrations import HfDeepSpeedConfig
 
         from nvembed.training.deepspeed_engine import DeepSpeedEngine
 
+        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")  # Ray's process group
         ds_config = config["ds_config"]
         if ds_config["zero_optimization"]["stage"] == 3:
             keep_alive = HfDeepSpeedConfig(ds_config)  # must outlive from_pretrained: partitioned loading
@@ -158,29 +160,28 @@ PROBE = ["the cat sat on the mat", "a question about bank cards", "rain in the c
 
 
 def save_final(emb, engine, cfg: TrainConfig, rank: int) -> None:
-    """``Embedder.save_pretrained`` on rank 0 under ``<output_dir>/final``; ZeRO-3 gathers the full weights first."""
+    """``Embedder.save_pretrained`` on rank 0 under ``<output_dir>/final``; ZeRO-3 gathers the full weights first.
+
+    The probe embeddings are computed by *every* rank: under ZeRO-3 each forward starts with collectives, so a
+    forward on rank 0 alone waits forever for the others (docs/bugs.md).
+    """
     final = Path(cfg.run.output_dir) / "final"
     model = engine.unwrapped
+    emb.model = model
+    probe = emb.encode(PROBE, show_progress=False)
     if cfg.scaling.engine == "deepspeed" and cfg.deepspeed.stage == 3:
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
             if rank == 0:
                 _save_gathered(emb, model, final)
-                _probe(emb, final.parent)
     elif rank == 0:
-        emb.model = model
         emb.save_pretrained(final)
-        _probe(emb, final.parent)
     if rank == 0:
+        import numpy as np
+
+        np.save(final.parent / "probe_embeddings.npy", probe)
         print(f"[nvembed] stage {cfg.run.stage} final model: {final}", flush=True)
-
-
-def _probe(emb, folder: Path) -> None:
-    """Embeddings of a few fixed texts by the in-memory model, so tests can check the saved model reproduces them."""
-    import numpy as np
-
-    np.save(folder / "probe_embeddings.npy", emb.encode(PROBE, show_progress=False))
 
 
 def _save_gathered(emb, model, final: Path) -> None:
@@ -191,5 +192,9 @@ def _save_gathered(emb, model, final: Path) -> None:
     with torch.no_grad():
         for (_, src), (_, dst) in zip(model.named_parameters(), replica.named_parameters(), strict=True):
             dst.data = src.data.detach().to("cpu").clone()
+    live = emb.model
     emb.model = replica
-    emb.save_pretrained(final)
+    try:
+        emb.save_pretrained(final)
+    finally:
+        emb.model = live

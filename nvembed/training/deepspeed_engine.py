@@ -47,6 +47,8 @@ class DeepSpeedEngine:
     def __init__(self, cfg: TrainConfig, model: torch.nn.Module, ds_config: dict[str, Any]) -> None:
         import deepspeed
 
+        # attach DeepSpeed's comm layer to the process group Ray Train (or torchrun) already created
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
         optimizer = build_optimizer(
             model, cfg.optim.lr, cfg.optim.head_lr, cfg.optim.weight_decay, tuple(cfg.optim.betas), cfg.optim.eps
         )

@@ -17,7 +17,10 @@ def make_teacher(cfg: TrainConfig):
         from nvembed.embedder import Embedder
 
         name = cfg.data.mining.teacher or "packaged:all-MiniLM-L6-v2"
-        return Embedder.from_pretrained(name, pooling=cfg.data.mining.teacher_pooling)
+        mining = cfg.data.mining
+        return Embedder.from_pretrained(
+            name, pooling=mining.teacher_pooling, bidirectional=mining.teacher_bidirectional
+        )
 
     return load
 
