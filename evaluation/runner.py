@@ -290,8 +290,8 @@ def run_evaluation(
     if pending:
         started_ray = False
         if not ray.is_initialized():
-            if address:
-                ray.init(address=address, log_to_driver=False)
+            if address or os.environ.get("RAY_ADDRESS"):  # a cluster, or inside a Ray job
+                ray.init(address=address or os.environ["RAY_ADDRESS"], log_to_driver=False)
             else:
                 ray.init(
                     num_cpus=max(os.cpu_count() or 1, int(workers * cpus_per_worker) + 1),

@@ -135,8 +135,8 @@ def run_job_on_ray(
 
     started = False
     if not ray.is_initialized():
-        if address:
-            ray.init(address=address)
+        if address or os.environ.get("RAY_ADDRESS"):  # a cluster, or inside a Ray job (RAY_ADDRESS is set)
+            ray.init(address=address or os.environ["RAY_ADDRESS"])
         else:
             need = job.scaling.num_workers * job.scaling.cpus_per_worker + 2  # + Ray Data read/filter tasks
             ray.init(

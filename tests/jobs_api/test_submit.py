@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]  # tests/jobs_api/ sorts after tests/integration/: this stops Ray
 
 
 def _free_port():
