@@ -262,7 +262,10 @@ def run_evaluation(
     from mteb.results import TaskResult
 
     t_start = time.perf_counter()
-    task_data = dict(task_data or {})
+    # actors run in their own working directory: hand them absolute paths
+    task_data = {k: str(Path(v).resolve()) for k, v in (task_data or {}).items()}
+    if Path(model).exists():
+        model = str(Path(model).resolve())
     names = list(tasks or [])
     names += [n for n in task_data if n not in names and tasks is not None]
     if tasks is None and task_data:

@@ -95,7 +95,10 @@ def write_plan(batcher, num_steps: int, world: int, folder: str | Path) -> Path:
 
 def rank_files(folder: str | Path, rank: int) -> list[str]:
     """The rank's Parquet files in step order."""
-    return sorted(str(p) for p in (Path(folder) / f"rank-{rank}").glob("part-*.parquet"))
+    files = sorted(str(p) for p in (Path(folder) / f"rank-{rank}").glob("part-*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no plan files for rank {rank} under {Path(folder).resolve()} (a relative path?)")
+    return files
 
 
 def row_from_record(record: dict) -> TrainingExample:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -85,6 +86,11 @@ def prepare_stage(cfg: TrainConfig, log: Callable[[str], None] = print) -> str:
 
 
 def run_stage_on_ray(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
+    # workers run in their own working directory: every path they read must be absolute
+    run = dataclasses.replace(cfg.run, output_dir=str(Path(cfg.run.output_dir).resolve()))
+    if run.init_from and Path(run.init_from).exists():
+        run.init_from = str(Path(run.init_from).resolve())
+    cfg = dataclasses.replace(cfg, run=run)
     out = Path(cfg.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
