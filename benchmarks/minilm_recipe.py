@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # evaluation/ and nvembed/ from this checkout
 DATA = ROOT.parent / "shared" / "data"
 TASKS = {"SciFact": "scifact", "STSBenchmark": "stsbenchmark", "Banking77Classification": "banking77"}
 PUBLISHED_BASE = {"SciFact": 64.51, "STSBenchmark": 82.03, "Banking77Classification": 80.04}
@@ -59,6 +61,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/minilm_recipe")
     parser.add_argument("--config", default=str(ROOT / "jobs/configs/minilm_recipe.yaml"))
     parser.add_argument("--set", action="append", default=[], help="extra overrides for both runs")
+    parser.add_argument("--skip-train", action="store_true", help="evaluate the models an earlier run left in --out")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     os.chdir(ROOT)  # config paths are relative to the project root
@@ -76,6 +79,8 @@ def main() -> None:
                 *args.set,
             ],
         )
+        if args.skip_train:
+            continue
         t0 = time.perf_counter()
         run_job_locally(job)
         timings[pooling] = round(time.perf_counter() - t0, 1)
