@@ -35,7 +35,8 @@ def evaluate(model_path: str, work: Path, instructions: bool) -> dict[str, float
     from evaluation.local import local_task
     from nvembed import Embedder
 
-    emb = Embedder.from_pretrained(model_path, pooling="mean")  # pooling only matters for a plain backbone
+    options = {"pooling": "mean"} if model_path.startswith("packaged:") else {}  # a saved model keeps its head
+    emb = Embedder.from_pretrained(model_path, **options)
     encoder = NVEmbedEncoder(emb, max_length=256, source=model_path)
     if not instructions:
         encoder.instruction = lambda *a: None
@@ -62,6 +63,7 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "jobs/configs/minilm_recipe.yaml"))
     parser.add_argument("--set", action="append", default=[], help="extra overrides for both runs")
     parser.add_argument("--skip-train", action="store_true", help="evaluate the models an earlier run left in --out")
+    parser.add_argument("--only", default="base,latent1,latent2,mean2", help="which rows to evaluate")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     os.chdir(ROOT)  # config paths are relative to the project root
@@ -85,10 +87,16 @@ def main() -> None:
         run_job_locally(job)
         timings[pooling] = round(time.perf_counter() - t0, 1)
         print(f"{pooling}: both stages trained in {timings[pooling]} s", flush=True)
-    results["base MiniLM (mean, no instruction)"] = evaluate("packaged:all-MiniLM-L6-v2", out, instructions=False)
-    results["latent, after stage 1"] = evaluate(str(out / "latent/stage1/final"), out, instructions=True)
-    results["latent, after stage 2"] = evaluate(str(out / "latent/stage2/final"), out, instructions=True)
-    results["mean, after stage 2 (same budget)"] = evaluate(str(out / "mean/stage2/final"), out, instructions=True)
+    rows = {
+        "base": ("base MiniLM (mean, no instruction)", "packaged:all-MiniLM-L6-v2", False),
+        "latent1": ("latent, after stage 1", str(out / "latent/stage1/final"), True),
+        "latent2": ("latent, after stage 2", str(out / "latent/stage2/final"), True),
+        "mean2": ("mean, after stage 2 (same budget)", str(out / "mean/stage2/final"), True),
+    }
+    for key in args.only.split(","):
+        label, path, instructions = rows[key]
+        results[label] = evaluate(path, out, instructions=instructions)
+        print(label, results[label], flush=True)
     print("\n| model | SciFact nDCG@10 | STSBenchmark Spearman | Banking77 accuracy |\n|---|---|---|---|")
     for name, scores in results.items():
         print(

@@ -180,6 +180,11 @@ class Embedder:
             raise ValueError(f"{folder}: saved with a newer nvembed (format {meta['format_version']})")
         saved = from_dict(EmbedderConfig, meta["config"])
         cfg = _config_from_options(str(folder), options, saved)
+        if cfg.pooling != saved.pooling and (folder / POOLER_WEIGHTS).is_file():
+            raise ValueError(
+                f"{folder}: its pooling head was trained as {saved.pooling}; pooling options cannot change it "
+                f"(got {cfg.pooling})"
+            )
         has_adapter = (folder / ADAPTER_DIR).is_dir()
         backbone = build_backbone(cfg.model, str(folder))
         pooler = build_pooler(cfg.pooling, backbone.config.hidden_size)

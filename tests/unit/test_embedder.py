@@ -166,3 +166,9 @@ def test_minilm_mean_pooling_reproduces_sentence_transformers(minilm, tmp_path, 
     queries = emb.encode(texts[:20], instruction="Retrieve semantically similar text.", show_progress=False)
     assert np.abs(exported.encode_query(texts[:20]) - queries).max() <= 1e-5
     assert np.abs(exported.encode_document(texts[:20]) - got[:20]).max() <= 1e-5
+
+
+def test_saved_pooling_head_cannot_be_swapped(tiny_mistral_embedder, tmp_path):
+    out = tiny_mistral_embedder.save_pretrained(tmp_path / "m")
+    with pytest.raises(ValueError, match="pooling head was trained as"):
+        Embedder.from_pretrained(out, pooling="mean")
