@@ -79,11 +79,8 @@ def plan(tasks: list, task_data: dict[str, str], costs: dict[str, float]) -> lis
     for task in tasks:
         name = task.metadata.name
         cost = costs.get(name, 0.01)
-        sub_tasks = (
-            getattr(task.metadata, "tasks", None)
-            if task.metadata.type and hasattr(task, "combine_task_results")
-            else None
-        )
+        # an aggregate task (CQADupstack) lists its subtasks and knows how to combine their results
+        sub_tasks = getattr(task.metadata, "tasks", None) if hasattr(task, "combine_task_results") else None
         if sub_tasks:
             for sub in sub_tasks:
                 items.append(

@@ -371,8 +371,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is float and isinstance(value, str):
         try:
             return float(value)  # YAML reads "1e-5" as a string
-        except ValueError:
-            pass
+        except ValueError as err:
+            raise ConfigError(f"{path}: expected float, got {value!r}") from err
     if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         raise ConfigError(f"{path}: expected {tp.__name__}, got {value!r}")
     return value
