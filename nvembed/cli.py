@@ -25,6 +25,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local", action="store_true", help="single process, no Ray (one CPU/GPU; scaling ignored)")
     p.set_defaults(func=_train)
 
+    p = sub.add_parser("tune", help="Ray Tune sweep over dotted config keys (e.g. lora.rank x pooling.num_latents)")
+    p.add_argument("config", help="sweep YAML (e.g. tune/configs/smoke.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a sweep key, repeatable")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: an embedded local Ray)")
+    p.add_argument("--fresh", action="store_true", help="discard an interrupted sweep in output_dir and start over")
+    p.set_defaults(func=_tune)
+
     p = sub.add_parser("submit", help="submit a command as a Ray job (Jobs API), stream its logs, return its status")
     p.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HEAD:8265")
     p.add_argument("--runtime-env", default="cluster/runtime_env.yaml", help="runtime_env YAML (working_dir, pip, env)")
@@ -125,6 +132,28 @@ def _train(args: argparse.Namespace) -> int:
     for n, final in finals.items():
         print(f"stage {n} final model: {Path(final).resolve()}")
     return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from nvembed.config import ConfigError
+    from nvembed.data.readers import DataError
+
+    try:
+        from tune.config import load_sweep
+        from tune.sweep import run_sweep
+
+        sweep = load_sweep(args.config, args.set)
+        outcome = run_sweep(sweep, args.address, fresh=args.fresh)
+    except (ConfigError, DataError) as err:
+        print(f"nvembed tune: {err}", file=sys.stderr)
+        return 2
+    print(outcome.files["md"].read_text())
+    print("report: " + " ".join(str(p) for p in outcome.files.values()))
+    if outcome.best_yaml is not None:
+        print(f"best configuration: {outcome.best_yaml}\n  train it: nvembed train {outcome.best_yaml}")
+    errors = [r for r in outcome.rows if r["status"].startswith("error")]
+    print(f"{len(outcome.rows)} trials ({len(errors)} failed) in {outcome.seconds:.1f} s")
+    return 1 if errors or outcome.best_yaml is None else 0
 
 
 def _submit(args: argparse.Namespace) -> int:

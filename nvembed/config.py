@@ -235,6 +235,37 @@ class DeepSpeedConfig:
 
 
 @dataclass
+class DevConfig:
+    """Held-out dev metrics during training (``nvembed/dev.py``) and the Ray Tune objective (``tune/``).
+
+    Never an evaluation task's test split: a dev check that peeks at the test set makes every sweep overfit it.
+    """
+
+    every: int = 0  # steps between dev evaluations (0: only at the end of each stage)
+    retrieval: str | None = None  # BEIR folder of the retrieval dev slice (e.g. ../shared/data/cranfield)
+    retrieval_split: str = "dev"  # its qrels split (qrels/<split>.tsv)
+    retrieval_task: str | None = None  # instruction registry key for its queries; None = the folder name
+    max_queries: int | None = 100  # seeded sample of dev queries (None: all)
+    max_corpus: int | None = 1000  # corpus cap: every judged document + a seeded sample of the others (None: all)
+    sts: str | None = None  # STS dev file {sentence1, sentence2, score} (e.g. stsbenchmark/dev.jsonl)
+    sts_task: str = "STSBenchmark"  # instruction registry key for the STS pairs
+    max_sts_pairs: int | None = 500  # seeded sample of pairs (None: all)
+    retrieval_weight: float = 0.5  # objective = weighted mean of nDCG@10 and Spearman (both 0-100)
+    sts_weight: float = 0.5  # weight of STS Spearman in the objective
+    batch_size: int = 64  # encode batch
+    max_length: int = 256  # token cap of dev texts
+    on_error: str = "raise"  # raise: stop at a bad dev row (file:line: reason) | skip: count and leave it out
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ("raise", "skip"):
+            raise ConfigError(f"dev.on_error must be raise|skip, got {self.on_error!r}")
+        if self.every < 0:
+            raise ConfigError(f"dev.every must be >= 0, got {self.every}")
+        if self.retrieval_weight < 0 or self.sts_weight < 0:
+            raise ConfigError("dev.retrieval_weight and dev.sts_weight must be >= 0")
+
+
+@dataclass
 class TrainConfig:
     """A training stage: embedder + data + loss + optimiser + run."""
 
@@ -247,6 +278,7 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    dev: DevConfig | None = None  # dev metrics every dev.every steps (None: off)
 
     def __post_init__(self) -> None:
         if self.run.batch_size % self.scaling.num_workers:
@@ -300,6 +332,7 @@ class JobConfig:
     stage1: StageConfig | None = None  # retrieval, in-batch + hard negatives (None: skip)
     stage2: StageConfig | None = None  # blend, hard negatives only (None: skip)
     evaluation: EvaluationConfig | None = None  # after the last stage (None: skip)
+    dev: DevConfig | None = None  # held-out dev metrics during both stages; the Tune objective (None: off)
     output_dir: str = "runs/nvembed"  # stage N writes <output_dir>/stageN/
 
     def __post_init__(self) -> None:
@@ -321,7 +354,16 @@ class JobConfig:
         if data.cache_dir is None:  # one cache for both stages: rows mined for stage 1 are reused by stage 2
             data = dataclasses.replace(data, cache_dir=f"{self.output_dir}/data")
         return TrainConfig(
-            self.model, self.pooling, self.lora, data, stage.loss, stage.optim, run, self.scaling, self.deepspeed
+            self.model,
+            self.pooling,
+            self.lora,
+            data,
+            stage.loss,
+            stage.optim,
+            run,
+            self.scaling,
+            self.deepspeed,
+            self.dev,
         )
 
 
@@ -433,10 +475,21 @@ def load_yaml(path: str, cls: type, overrides: list[str] | None = None) -> Any:
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: config file not found")
     with open(path, encoding="utf-8") as fh:
-        text = os.path.expandvars(fh.read())  # ${VAR} in configs (e.g. a model folder made by a test)
-    unresolved = sorted(set(re.findall(r"\$\{(\w+)\}", text)))
+        text = fh.read()
+    unresolved: list[str] = []
+
+    def expand(match: re.Match) -> str:  # ${VAR} or ${VAR:-default}, e.g. a model folder made by a test
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        unresolved.append(name)
+        return match.group(0)
+
+    text = re.sub(r"\$\{(\w+)(?::-([^}]*))?\}", expand, text)
     if unresolved:
-        raise ConfigError(f"{path}: environment variable(s) not set: {', '.join(unresolved)}")
+        raise ConfigError(f"{path}: environment variable(s) not set: {', '.join(sorted(set(unresolved)))}")
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:

@@ -205,7 +205,7 @@ def build_training_rows(
                 log(f"data: {ds.name}: {report}")
             if cached is not None:
                 cached.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cached.with_suffix(".tmp")
+                tmp = cached.with_suffix(f".{os.getpid()}.tmp")  # concurrent sweep trials share the cache
                 tmp.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in rows))
                 os.replace(tmp, cached)
             log(f"data: {ds.name}: {len(rows)} rows ({ds.format}, weight {ds.weight})")

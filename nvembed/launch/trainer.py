@@ -15,8 +15,14 @@ from nvembed.data.plan import plan_key, write_plan
 from nvembed.training.stage import make_batcher
 
 
-def make_trainer(cfg: TrainConfig, plan_dir: str, ds_config: dict | None = None):
-    """``TorchTrainer`` over :func:`nvembed.launch.worker.train_loop_per_worker` (gloo on CPU, NCCL on GPU)."""
+def make_trainer(
+    cfg: TrainConfig, plan_dir: str, ds_config: dict | None = None, callbacks: list | None = None, step_offset: int = 0
+):
+    """``TorchTrainer`` over :func:`nvembed.launch.worker.train_loop_per_worker` (gloo on CPU, NCCL on GPU).
+
+    ``callbacks`` are Ray Train ``UserCallback``s (a Tune sweep passes ``TuneReportCallback``); ``step_offset`` is
+    added to the reported ``global_step`` (stage 2 of a sweep continues stage 1's step count).
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -26,7 +32,12 @@ def make_trainer(cfg: TrainConfig, plan_dir: str, ds_config: dict | None = None)
     storage = s.storage_path or str(Path(cfg.run.output_dir).resolve().parent / "ray")
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": to_dict(cfg), "plan_dir": plan_dir, "ds_config": ds_config},
+        train_loop_config={
+            "cfg": to_dict(cfg),
+            "plan_dir": plan_dir,
+            "ds_config": ds_config,
+            "step_offset": step_offset,
+        },
         scaling_config=ScalingConfig(
             num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker}
         ),
@@ -37,6 +48,7 @@ def make_trainer(cfg: TrainConfig, plan_dir: str, ds_config: dict | None = None)
             failure_config=FailureConfig(max_failures=s.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=max(1, cfg.run.keep_checkpoints)),
             worker_runtime_env={"env_vars": worker_env_for(cfg)},
+            callbacks=callbacks or None,
         ),
     )
 
@@ -85,7 +97,9 @@ def prepare_stage(cfg: TrainConfig, log: Callable[[str], None] = print) -> str:
     return str(folder)
 
 
-def run_stage_on_ray(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
+def run_stage_on_ray(
+    cfg: TrainConfig, log: Callable[[str], None] = print, callbacks: list | None = None, step_offset: int = 0
+) -> Path:
     # workers run in their own working directory: every path they read must be absolute
     run = dataclasses.replace(cfg.run, output_dir=str(Path(cfg.run.output_dir).resolve()))
     if run.init_from and Path(run.init_from).exists():
@@ -100,7 +114,7 @@ def run_stage_on_ray(cfg: TrainConfig, log: Callable[[str], None] = print) -> Pa
         from nvembed.training.deepspeed_engine import deepspeed_config
 
         ds_config = deepspeed_config(cfg, cfg.scaling.num_workers, cfg.scaling.use_gpu)
-    result = make_trainer(cfg, plan_dir, ds_config).fit()
+    result = make_trainer(cfg, plan_dir, ds_config, callbacks, step_offset).fit()
     if result.error:
         raise result.error
     final = out / "final"

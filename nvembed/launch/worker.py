@@ -18,7 +18,14 @@ from nvembed.config import TrainConfig, from_dict
 from nvembed.data.plan import rank_files, row_from_record
 from nvembed.training.checkpoint import load_trainable, rng_state, set_rng_state, trainable_state_dict
 from nvembed.training.loop import StepMetrics, train_steps
-from nvembed.training.stage import build_stage_embedder, make_collator, make_engine, seed_everything
+from nvembed.training.stage import (
+    build_stage_embedder,
+    dev_due,
+    make_collator,
+    make_dev_set,
+    make_engine,
+    seed_everything,
+)
 
 
 def plan_batches(plan_dir: str, rank: int, start_step: int, per_rank: int, collator):
@@ -122,9 +129,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     metrics_path = out / "metrics.jsonl"
     collator = make_collator(cfg, emb)
     batches = plan_batches(config["plan_dir"], rank, start, per_rank, collator)
+    offset = int(config.get("step_offset", 0))
+    dev_set = make_dev_set(cfg)  # every rank: under ZeRO-3 a forward needs all ranks (see save_final)
 
     def on_step(m: StepMetrics) -> None:
-        metrics = {**m.as_dict(), "stage": cfg.run.stage, "world_size": world}
+        metrics = {**m.as_dict(), "stage": cfg.run.stage, "world_size": world, "global_step": offset + m.step}
+        due_dev = dev_set is not None and dev_due(cfg, m.step)
+        if due_dev:
+            emb.model = engine.unwrapped
+            dev = dev_set.evaluate(emb)  # same texts, same order on every rank
+            metrics.update(dev)
+            if rank == 0:
+                with open(out / "dev.jsonl", "a") as fh:
+                    fh.write(json.dumps({"step": m.step, **dev}) + "\n")
+                print(f"[nvembed] stage {cfg.run.stage} step {m.step} dev objective {dev['objective']:.2f}", flush=True)
         if rank == 0:
             with open(metrics_path, "a") as fh:
                 fh.write(json.dumps(metrics) + "\n")
@@ -136,7 +154,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     flush=True,
                 )
         every = cfg.run.checkpoint_every
-        due = (every and m.step % every == 0) or m.step == cfg.run.max_steps
+        due = (every and m.step % every == 0) or m.step == cfg.run.max_steps or due_dev
         if due:
             with tempfile.TemporaryDirectory() as tmp:
                 save_state(Path(tmp), m.step, engine, rank)

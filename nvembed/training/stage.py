@@ -99,12 +99,33 @@ def make_engine(cfg: TrainConfig, model: torch.nn.Module) -> TorchEngine:
     )
 
 
+def dev_due(cfg: TrainConfig, step: int) -> bool:
+    """Dev metrics are computed every ``dev.every`` steps and at the last step of the stage."""
+    if cfg.dev is None:
+        return False
+    return step == cfg.run.max_steps or bool(cfg.dev.every and step % cfg.dev.every == 0)
+
+
+def make_dev_set(cfg: TrainConfig):
+    """The stage's :class:`~nvembed.dev.DevSet` (None without a ``dev`` section), checked against its data."""
+    if cfg.dev is None:
+        return None
+    from nvembed.dev import DevSet, check_dev_data
+
+    check_dev_data(cfg.dev, [d.path for d in cfg.data.datasets], cfg.data.decontaminate)
+    dev = DevSet(cfg.dev, seed=0)
+    if dev.policy.skipped:
+        print(f"dev data: {dev.policy.report()}", flush=True)
+    return dev
+
+
 def run_stage(
     cfg: TrainConfig,
     datasets: dict[str, list[TrainingExample]],
     on_step: Callable[[StepMetrics], None] | None = None,
     stop_after: int | None = None,
     log: Callable[[str], None] = print,
+    on_dev: Callable[[int, dict[str, float]], None] | None = None,
 ) -> StageResult:
     """Train ``cfg.run.max_steps`` steps (resuming from ``<output_dir>/checkpoints`` if present).
 
@@ -113,6 +134,8 @@ def run_stage(
         datasets: name -> rows (see :func:`nvembed.data.build.build_training_rows`).
         on_step: extra per-step callback (after logging and checkpointing).
         stop_after: stop (as if killed) once this step is done; used by tests and smoke runs.
+        on_dev: called with (step, dev metrics) whenever dev metrics are computed (``cfg.dev``), after the
+            step's checkpoint is written, so a sweep that reports them can always resume from that step.
     """
     out = Path(cfg.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -125,6 +148,7 @@ def run_stage(
     batcher = make_batcher(cfg, datasets)
     engine = make_engine(cfg, emb.model)
     ckpt_dir = out / "checkpoints"
+    dev_set = make_dev_set(cfg)
     result = StageResult()
     latest = latest_checkpoint(ckpt_dir)
     if latest is not None:
@@ -147,9 +171,17 @@ def run_stage(
                 f"grad_norm {m.grad_norm:.3f} {m.samples_per_s:.1f} samples/s {m.tokens_per_s:.0f} tokens/s"
             )
         every = cfg.run.checkpoint_every
-        if (every and m.step % every == 0) or m.step == cfg.run.max_steps or m.step == stop_after:
+        due_dev = dev_set is not None and dev_due(cfg, m.step)
+        if (every and m.step % every == 0) or m.step in (cfg.run.max_steps, stop_after) or due_dev:
             save_checkpoint(ckpt_dir, m.step, emb.model, engine.optimizer, engine.scheduler, batcher.state_dict())
             prune_checkpoints(ckpt_dir, cfg.run.keep_checkpoints)
+        if due_dev:
+            dev = dev_set.evaluate(emb)
+            with (out / "dev.jsonl").open("a") as fh:
+                fh.write(json.dumps({"step": m.step, **dev}) + "\n")
+            log(f"stage {cfg.run.stage} step {m.step} dev " + " ".join(f"{k} {v:.2f}" for k, v in dev.items()))
+            if on_dev is not None:
+                on_dev(m.step, dev)
         if on_step is not None:
             on_step(m)
 

@@ -1,0 +1,108 @@
+"""``tiny:mistral`` (also ``tiny:llama``, ``tiny:qwen2``): a 2-layer, 64-wide random decoder for smoke runs.
+
+Machines without hub access (CI, this project's CPU boxes) still need a *decoder* to exercise the whole NV-Embed
+path (bidirectional patch, LoRA, latent pooling, ZeRO-3) from a plain YAML config. The model is built once from a
+fixed seed, with a BPE tokenizer (SentencePiece-style ``▁`` pre-tokenisation, BOS/EOS, as Mistral's) trained on the
+texts the package ships in ``nvembed/resources/train``, and saved as an ordinary Hugging Face folder under
+``$NVEMBED_CACHE`` (default ``~/.cache/nvembed``): after that it loads through the same ``from_pretrained`` code as
+a real checkpoint. Its embeddings are meaningless before training; it is a plumbing model, not a baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+KINDS = ("mistral", "llama", "qwen2")
+VERSION = 1  # bump when the recipe below changes, so old cached folders are not reused
+VOCAB_SIZE = 2000
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("NVEMBED_CACHE") or Path.home() / ".cache" / "nvembed")
+
+
+def _training_texts() -> list[str]:
+    texts = []
+    for item in sorted(resources.files("nvembed.resources").joinpath("train").iterdir(), key=lambda p: p.name):
+        if not item.name.endswith(".jsonl"):
+            continue
+        for line in item.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            for value in row.values():
+                if isinstance(value, str):
+                    texts.append(value)
+                elif isinstance(value, list):
+                    texts.extend(v for v in value if isinstance(v, str))
+    return texts
+
+
+def build_tokenizer():
+    """BPE over Metaspace, BOS prepended, ``</s>`` as EOS and no pad token (like Mistral's)."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=list(string.printable.strip()),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_training_texts(), trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def build_model(kind: str, vocab_size: int, seed: int = 0):
+    import torch
+    from transformers import AutoModel, LlamaConfig, MistralConfig, Qwen2Config
+
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    configs = {"mistral": MistralConfig, "llama": LlamaConfig, "qwen2": Qwen2Config}
+    torch.manual_seed(seed)
+    return AutoModel.from_config(configs[kind](**common))
+
+
+def tiny_model_path(name: str) -> str:
+    """Folder of ``tiny:<kind>``, built on first use (atomically: concurrent callers may race safely)."""
+    kind = name.split(":", 1)[1]
+    if kind not in KINDS:
+        raise ValueError(f"{name!r}: unknown tiny model; choose one of {', '.join('tiny:' + k for k in KINDS)}")
+    target = cache_root() / f"tiny-{kind}-v{VERSION}"
+    if (target / "config.json").is_file():
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        tok = build_tokenizer()
+        build_model(kind, len(tok)).save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)

@@ -1,0 +1,1 @@
+"""Ray Tune sweeps over nvembed training jobs (``nvembed tune``)."""

@@ -1,0 +1,159 @@
+"""What one Ray Tune trial runs: the training job at one point of the space, reporting dev metrics.
+
+Both trainables train with the code of ``nvembed train``: ``worker_trial`` with the in-process loop of
+``nvembed train --local`` (:func:`nvembed.training.stage.run_stage`), ``train_trial`` with one Ray Train run per
+stage (:func:`nvembed.launch.trainer.run_stage_on_ray`, the job's ``scaling`` and engine, DeepSpeed included).
+
+Each trial owns ``<sweep output>/trials/<trial id>/`` (stable across a sweep restore), so an interrupted trial resumes
+from its last training checkpoint, and a trial that had finished (``DONE.json``) only replays its reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from tune.config import SweepConfig, sweep_from_dict, trial_job
+
+DONE = "DONE.json"
+
+
+def _prepare(params: dict[str, Any], sweep_dict: dict[str, Any], root: str) -> tuple[SweepConfig, Path]:
+    from ray import tune
+
+    if root and Path(root).is_dir():
+        os.chdir(root)  # config paths are relative to where `nvembed tune` ran (RAY_CHDIR_TO_TRIAL_DIR=0 too)
+    sweep = sweep_from_dict(sweep_dict)
+    out = Path(sweep.output_dir) / "trials" / tune.get_context().get_trial_id()
+    out.mkdir(parents=True, exist_ok=True)
+    return sweep, out
+
+
+def _replay_if_done(out: Path) -> bool:
+    """A trial that finished before the sweep was interrupted: report what it reported, train nothing."""
+    from ray import tune
+
+    done = out / DONE
+    if not done.is_file():
+        return False
+    for row in json.loads(done.read_text())["reports"]:
+        tune.report(row)
+    return True
+
+
+def _dev_reports(out: Path, stages: list[int], job) -> list[dict[str, Any]]:
+    """Every dev evaluation of the trial, in order, with its global step (the last one wins after a resume)."""
+    reports: dict[int, dict[str, Any]] = {}
+    offset = 0
+    for n in stages:
+        path = out / f"stage{n}" / "dev.jsonl"
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                row = json.loads(line)
+                reports[offset + row["step"]] = {"global_step": offset + row["step"], "stage": n, **row}
+        offset += job.stage_config(n).run.max_steps
+    return [reports[k] for k in sorted(reports)]
+
+
+def _finish(out: Path, params: dict[str, Any], sweep: SweepConfig, job, started: float) -> None:
+    """Write ``DONE.json`` (every dev report, in order) before the trial's last report: Tune may stop the trial
+    process as soon as it receives a final result, so anything after that report may never run."""
+    record = {"params": params, "reports": _dev_reports(out, sweep.stages, job), "seconds": time.time() - started}
+    tmp = out / f".{DONE}.tmp"
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, out / DONE)
+
+
+def _logger(out: Path):
+    log_file = out / "train.log"
+
+    def log(line: str) -> None:
+        with log_file.open("a") as fh:
+            fh.write(line + "\n")
+        if " dev " in line or "final model" in line:
+            print(f"[{out.name}] {line}", flush=True)
+
+    return log
+
+
+def worker_trial(params: dict[str, Any], sweep_dict: dict[str, Any], root: str) -> None:
+    """One process trains every stage (the trial fits one device)."""
+    from ray import tune
+
+    from nvembed.training.job import stage_rows
+    from nvembed.training.stage import run_stage
+
+    sweep, out = _prepare(params, sweep_dict, root)
+    if _replay_if_done(out):
+        return
+    started = time.time()
+    job = trial_job(sweep, params, str(out))
+    log = _logger(out)
+    with (out / "starts.log").open("a") as fh:  # one line per training start (tests count them)
+        fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {json.dumps(params)}\n")
+    total = sum(job.stage_config(n).run.max_steps for n in sweep.stages)
+    held: list[dict[str, Any]] = []
+    offset = 0
+    for n in sweep.stages:
+        cfg = job.stage_config(n)
+
+        def on_dev(step: int, dev: dict[str, float], n: int = n, offset: int = offset) -> None:
+            row = {"global_step": offset + step, "stage": n, "step": step, **dev}
+            if offset + step == total:
+                held.append(row)  # Tune ends the trial at its last report: save the model and DONE.json first
+            else:
+                tune.report(row)
+
+        run_stage(cfg, stage_rows(cfg, log=log), log=log, on_dev=on_dev)
+        offset += cfg.run.max_steps
+    _finish(out, params, sweep, job, started)
+    for row in held:
+        tune.report(row)
+
+
+def train_trial(params: dict[str, Any], sweep_dict: dict[str, Any], root: str) -> None:
+    """Each stage is a Ray Train run with the job's scaling; its workers' dev metrics reach Tune through
+    ``TuneReportCallback`` as they are computed. Workers report only at dev steps (``log_every=0``, checkpoints at
+    ``dev.every``) because Tune rejects results without the objective; the trial's very last result is held back
+    until the run has saved its final model (see :func:`_finish`)."""
+    from ray import tune
+
+    from nvembed.config import apply_overrides
+    from nvembed.launch.trainer import run_stage_on_ray
+
+    sweep, out = _prepare(params, sweep_dict, root)
+    if _replay_if_done(out):
+        return
+    started = time.time()
+    job = trial_job(sweep, params, str(out))
+    log = _logger(out)
+    with (out / "starts.log").open("a") as fh:
+        fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {json.dumps(params)}\n")
+    total = sum(job.stage_config(n).run.max_steps for n in sweep.stages)
+    offset = 0
+    for n in sweep.stages:
+        every = job.dev.every or job.stage_config(n).run.max_steps
+        job = apply_overrides(job, {f"stage{n}.run.log_every": 0, f"stage{n}.run.checkpoint_every": every})
+        cfg = job.stage_config(n)
+        run_stage_on_ray(cfg, log, callbacks=[_report_all_but(total)], step_offset=offset)
+        offset += cfg.run.max_steps
+    _finish(out, params, sweep, job, started)
+    reports = json.loads((out / DONE).read_text())["reports"]
+    if reports and reports[-1]["global_step"] == total:
+        tune.report(reports[-1])
+
+
+def _report_all_but(last_step: int):
+    """``TuneReportCallback`` that forwards every worker report except the one of ``last_step``."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class ReportAllBut(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            if metrics and metrics[0].get("global_step") == last_step:
+                return
+            super().after_report(run_context, metrics, checkpoint)
+
+    return ReportAllBut()
