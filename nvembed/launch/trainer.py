@@ -161,7 +161,7 @@ def run_job_on_ray(
             need = job.scaling.num_workers * job.scaling.cpus_per_worker + 2  # + Ray Data read/filter tasks
             ray.init(
                 num_cpus=max(int(need + 0.999), os.cpu_count() or 1),
-                include_dashboard=False,
+                include_dashboard=True,  # Train's placement-group cleaner needs the State API (else it spams)
                 runtime_env={"env_vars": worker_env()},
             )
         started = True

@@ -79,7 +79,11 @@ def load_state(folder: Path, engine, rank: int) -> int:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import logging
+
     import ray.train
+
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one INFO line per report otherwise; we log our own
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

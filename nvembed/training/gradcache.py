@@ -4,6 +4,9 @@
 2. Compute the loss on the cached embeddings and backpropagate to the embeddings only.
 3. Re-run each chunk with a graph under its saved RNG state and backpropagate ``<embedding, cached grad>``.
 
+The very last chunk is embedded *with* its graph in step 1 and backpropagated right after step 2, so it is never
+run twice: one chunk's activations are alive at a time, as in step 3, and one forward per step is saved.
+
 Gradients equal those of the plain loss (tests/unit/test_gradcache.py); peak activation memory is one chunk's.
 Works with LoRA and non-reentrant gradient checkpointing (the recompute in step 3 is an ordinary forward).
 """
@@ -65,19 +68,28 @@ def gradcache_backward(
     cached: list[list[torch.Tensor]] = []
     states: list[list[RngState]] = []
     with torch.no_grad():
-        for chunks in groups:
+        for g, chunks in enumerate(groups):
             reps, rngs = [], []
-            for chunk in chunks:
+            for i, chunk in enumerate(chunks):
                 rngs.append(RngState())
-                reps.append(embed(chunk))  # [c, D]
+                if g == len(groups) - 1 and i == len(chunks) - 1:
+                    with torch.enable_grad():  # the very last chunk keeps its graph: no replay needed
+                        kept = embed(chunk)  # [c, D], with graph
+                    reps.append(kept.detach())
+                else:
+                    reps.append(embed(chunk))  # [c, D]
             cached.append(reps)
             states.append(rngs)
     leaves = [torch.cat(reps).detach().requires_grad_() for reps in cached]  # one [N, D] per group
     loss = loss_fn(*leaves)
     loss.backward()  # gradients w.r.t. the cached embeddings only
-    for chunks, rngs, leaf in zip(groups, states, leaves, strict=True):
+    # the kept chunk first, so that (for ZeRO-3) its backward directly follows its forward
+    backward(torch.sum(kept * leaves[-1].grad[-kept.shape[0] :]))
+    for g, (chunks, rngs, leaf) in enumerate(zip(groups, states, leaves, strict=True)):
         start = 0
-        for chunk, rng in zip(chunks, rngs, strict=True):
+        for i, (chunk, rng) in enumerate(zip(chunks, rngs, strict=True)):
+            if g == len(groups) - 1 and i == len(chunks) - 1:
+                break  # the kept chunk, done above
             with rng.restored():
                 rep = embed(chunk)  # [c, D], with graph
             grad = leaf.grad[start : start + rep.shape[0]]
