@@ -33,7 +33,7 @@ test-slow: setup
 	$(PY) -m pytest -m slow
 
 lint: setup
-	$(VENV)/bin/ruff check nvembed tests benchmarks && $(VENV)/bin/ruff format --check nvembed tests benchmarks
+	$(VENV)/bin/ruff check nvembed evaluation tune tests benchmarks && $(VENV)/bin/ruff format --check nvembed evaluation tune tests benchmarks
 
 bench: setup
 	$(PY) benchmarks/encode.py

@@ -63,7 +63,9 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "jobs/configs/minilm_recipe.yaml"))
     parser.add_argument("--set", action="append", default=[], help="extra overrides for both runs")
     parser.add_argument("--skip-train", action="store_true", help="evaluate the models an earlier run left in --out")
-    parser.add_argument("--only", default="base,latent1,latent2,mean2", help="which rows to evaluate")
+    parser.add_argument(
+        "--only", default="base,latent1,latent2,mean2", help="rows to evaluate (also: base_instr, latent2_plain)"
+    )
     args = parser.parse_args()
     out = Path(args.out).resolve()
     os.chdir(ROOT)  # config paths are relative to the project root
@@ -92,6 +94,9 @@ def main() -> None:
         "latent1": ("latent, after stage 1", str(out / "latent/stage1/final"), True),
         "latent2": ("latent, after stage 2", str(out / "latent/stage2/final"), True),
         "mean2": ("mean, after stage 2 (same budget)", str(out / "mean/stage2/final"), True),
+        # protocol checks: what the NV-Embed instructions do to the untrained and to the trained model
+        "base_instr": ("base MiniLM (mean, with instructions)", "packaged:all-MiniLM-L6-v2", True),
+        "latent2_plain": ("latent, after stage 2, no instructions", str(out / "latent/stage2/final"), False),
     }
     for key in args.only.split(","):
         label, path, instructions = rows[key]

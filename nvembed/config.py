@@ -453,21 +453,47 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def apply_overrides(cfg: Any, overrides: dict[str, Any] | list[str]) -> Any:
-    """Return a new config with dotted overrides applied and validated (shared by the CLI and Tune)."""
+    """Return a new config with dotted overrides applied and validated (shared by the CLI and Tune).
+
+    List items are addressed by position or by name: ``stage2.data.datasets[stsbenchmark].weight=3``.
+    """
     if isinstance(overrides, list):
         overrides = dict(parse_override(o) for o in overrides)
     data = to_dict(cfg)
     for dotted, value in overrides.items():
-        node = data
-        parts = dotted.split(".")
-        for i, part in enumerate(parts[:-1]):
+        node: Any = data
+        parts = [p for part in dotted.split(".") for p in _split_index(part)]
+        for i, part in enumerate(parts):
+            where = "".join(f"[{p[1]}]" if isinstance(p, tuple) else f".{p}" for p in parts[: i + 1]).lstrip(".")
+            if isinstance(part, tuple):  # datasets[2] or datasets[snli]: an item of a list
+                node = _list_item(node, part[1], where, f"{dotted}={value!r}")
+                continue
             if not isinstance(node, dict) or part not in node:
-                raise ConfigError(f"unknown key {'.'.join(parts[: i + 1])!r} in override {dotted}={value!r}")
-            node = node[part]
-        if not isinstance(node, dict) or parts[-1] not in node:
-            raise ConfigError(f"unknown key {dotted!r} in override {dotted}={value!r}")
-        node[parts[-1]] = value
+                raise ConfigError(f"unknown key {where!r} in override {dotted}={value!r}")
+            if i == len(parts) - 1:
+                node[part] = value
+            else:
+                node = node[part]
     return from_dict(type(cfg), data)
+
+
+def _split_index(part: str) -> list[Any]:
+    """``"datasets[3]"`` -> ``["datasets", ("[]", "3")]``; other parts unchanged."""
+    match = re.fullmatch(r"(\w+)\[([^\]]+)\]", part)
+    return [match.group(1), ("[]", match.group(2))] if match else [part]
+
+
+def _list_item(node: Any, key: str, where: str, override: str) -> Any:
+    """A list item by position (``[0]``) or, for lists of named sections, by ``name`` (``[stsbenchmark]``)."""
+    if not isinstance(node, list):
+        raise ConfigError(f"{where!r} in override {override}: not a list")
+    if key.isdigit() and int(key) < len(node):
+        return node[int(key)]
+    named = [item for item in node if isinstance(item, dict) and item.get("name") == key]
+    if len(named) == 1:
+        return named[0]
+    names = [item.get("name") for item in node if isinstance(item, dict)]
+    raise ConfigError(f"{where!r} in override {override}: no item {key!r} (0..{len(node) - 1} or one of {names})")
 
 
 def load_yaml(path: str, cls: type, overrides: list[str] | None = None) -> Any:

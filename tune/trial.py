@@ -13,15 +13,29 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nvembed.config import JobConfig
 from tune.config import SweepConfig, sweep_from_dict, trial_job
 
 DONE = "DONE.json"
 
 
-def _prepare(params: dict[str, Any], sweep_dict: dict[str, Any], root: str) -> tuple[SweepConfig, Path]:
+@dataclass
+class _Trial:
+    sweep: SweepConfig
+    out: Path  # <sweep output>/trials/<trial id>
+    job: JobConfig  # base + set + this trial's point
+    log: Callable[[str], None]
+    started: float
+
+
+def _start(params: dict[str, Any], sweep_dict: dict[str, Any], root: str) -> _Trial | None:
+    """Set up a trial; None when it had finished before an interruption (its reports are replayed, nothing
+    is trained)."""
     from ray import tune
 
     if root and Path(root).is_dir():
@@ -29,19 +43,13 @@ def _prepare(params: dict[str, Any], sweep_dict: dict[str, Any], root: str) -> t
     sweep = sweep_from_dict(sweep_dict)
     out = Path(sweep.output_dir) / "trials" / tune.get_context().get_trial_id()
     out.mkdir(parents=True, exist_ok=True)
-    return sweep, out
-
-
-def _replay_if_done(out: Path) -> bool:
-    """A trial that finished before the sweep was interrupted: report what it reported, train nothing."""
-    from ray import tune
-
-    done = out / DONE
-    if not done.is_file():
-        return False
-    for row in json.loads(done.read_text())["reports"]:
-        tune.report(row)
-    return True
+    if (out / DONE).is_file():
+        for row in json.loads((out / DONE).read_text())["reports"]:
+            tune.report(row)
+        return None
+    with (out / "starts.log").open("a") as fh:  # one line per training start (tests count them)
+        fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {json.dumps(params)}\n")
+    return _Trial(sweep, out, trial_job(sweep, params, str(out)), _logger(out), time.time())
 
 
 def _dev_reports(out: Path, stages: list[int], job) -> list[dict[str, Any]]:
@@ -58,13 +66,21 @@ def _dev_reports(out: Path, stages: list[int], job) -> list[dict[str, Any]]:
     return [reports[k] for k in sorted(reports)]
 
 
-def _finish(out: Path, params: dict[str, Any], sweep: SweepConfig, job, started: float) -> None:
-    """Write ``DONE.json`` (every dev report, in order) before the trial's last report: Tune may stop the trial
-    process as soon as it receives a final result, so anything after that report may never run."""
-    record = {"params": params, "reports": _dev_reports(out, sweep.stages, job), "seconds": time.time() - started}
-    tmp = out / f".{DONE}.tmp"
+def _finish(trial: _Trial, params: dict[str, Any], job: JobConfig, total: int) -> None:
+    """Write ``DONE.json`` (every dev report, in order), then report the dev metrics of the last step.
+
+    That report comes last on purpose: Tune may end the trial process as soon as it receives a final result
+    (ASHA at ``max_t``), so the final model and ``DONE.json`` must already be on disk.
+    """
+    from ray import tune
+
+    reports = _dev_reports(trial.out, trial.sweep.stages, job)
+    record = {"params": params, "reports": reports, "seconds": time.time() - trial.started}
+    tmp = trial.out / f".{DONE}.tmp"
     tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, out / DONE)
+    os.replace(tmp, trial.out / DONE)
+    if reports and reports[-1]["global_step"] == total:
+        tune.report(reports[-1])
 
 
 def _logger(out: Path):
@@ -86,32 +102,22 @@ def worker_trial(params: dict[str, Any], sweep_dict: dict[str, Any], root: str) 
     from nvembed.training.job import stage_rows
     from nvembed.training.stage import run_stage
 
-    sweep, out = _prepare(params, sweep_dict, root)
-    if _replay_if_done(out):
+    trial = _start(params, sweep_dict, root)
+    if trial is None:
         return
-    started = time.time()
-    job = trial_job(sweep, params, str(out))
-    log = _logger(out)
-    with (out / "starts.log").open("a") as fh:  # one line per training start (tests count them)
-        fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {json.dumps(params)}\n")
+    sweep, job, log = trial.sweep, trial.job, trial.log
     total = sum(job.stage_config(n).run.max_steps for n in sweep.stages)
-    held: list[dict[str, Any]] = []
     offset = 0
     for n in sweep.stages:
         cfg = job.stage_config(n)
 
         def on_dev(step: int, dev: dict[str, float], n: int = n, offset: int = offset) -> None:
-            row = {"global_step": offset + step, "stage": n, "step": step, **dev}
-            if offset + step == total:
-                held.append(row)  # Tune ends the trial at its last report: save the model and DONE.json first
-            else:
-                tune.report(row)
+            if offset + step != total:  # the last one is reported by _finish, after the model is saved
+                tune.report({"global_step": offset + step, "stage": n, "step": step, **dev})
 
         run_stage(cfg, stage_rows(cfg, log=log), log=log, on_dev=on_dev)
         offset += cfg.run.max_steps
-    _finish(out, params, sweep, job, started)
-    for row in held:
-        tune.report(row)
+    _finish(trial, params, job, total)
 
 
 def train_trial(params: dict[str, Any], sweep_dict: dict[str, Any], root: str) -> None:
@@ -119,19 +125,13 @@ def train_trial(params: dict[str, Any], sweep_dict: dict[str, Any], root: str) -
     ``TuneReportCallback`` as they are computed. Workers report only at dev steps (``log_every=0``, checkpoints at
     ``dev.every``) because Tune rejects results without the objective; the trial's very last result is held back
     until the run has saved its final model (see :func:`_finish`)."""
-    from ray import tune
-
     from nvembed.config import apply_overrides
     from nvembed.launch.trainer import run_stage_on_ray
 
-    sweep, out = _prepare(params, sweep_dict, root)
-    if _replay_if_done(out):
+    trial = _start(params, sweep_dict, root)
+    if trial is None:
         return
-    started = time.time()
-    job = trial_job(sweep, params, str(out))
-    log = _logger(out)
-    with (out / "starts.log").open("a") as fh:
-        fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {json.dumps(params)}\n")
+    sweep, job, log = trial.sweep, trial.job, trial.log
     total = sum(job.stage_config(n).run.max_steps for n in sweep.stages)
     offset = 0
     for n in sweep.stages:
@@ -140,10 +140,7 @@ def train_trial(params: dict[str, Any], sweep_dict: dict[str, Any], root: str) -
         cfg = job.stage_config(n)
         run_stage_on_ray(cfg, log, callbacks=[_report_all_but(total)], step_offset=offset)
         offset += cfg.run.max_steps
-    _finish(out, params, sweep, job, started)
-    reports = json.loads((out / DONE).read_text())["reports"]
-    if reports and reports[-1]["global_step"] == total:
-        tune.report(reports[-1])
+    _finish(trial, params, job, total)
 
 
 def _report_all_but(last_step: int):

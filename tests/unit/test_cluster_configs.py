@@ -34,7 +34,7 @@ def test_rayjob_entrypoint_names_real_module_and_config(path):
     assert argv[:3] == ["python", "-m", "nvembed"]
     args = build_parser().parse_args(argv[3:])  # a wrong subcommand or flag fails here
     assert isinstance(args, argparse.Namespace)
-    if args.command == "train":
+    if args.command in ("train", "tune"):
         assert (ROOT / args.config).is_file()
     assert spec["shutdownAfterJobFinishes"] is True
 
@@ -63,6 +63,18 @@ def test_cluster_gpus_match_the_training_scaling():
         per_node = _gpus_per_node(path)
         assert per_node and all(job.scaling.num_workers % g == 0 or g % job.scaling.num_workers == 0 for g in per_node)
         assert max(per_node) >= job.scaling.num_workers, path  # one node holds all workers (no cross-node ZeRO)
+
+
+def test_tune_rayjob_has_a_node_per_concurrent_trial():
+    from tune.config import load_base_job, load_sweep
+
+    sweep = load_sweep(str(ROOT / "tune/configs/mistral7b_gpu.yaml"))
+    job = load_base_job(sweep)
+    per_node = _gpus_per_node(ROOT / "cluster/kuberay/rayjob-tune.yaml")
+    assert all(g >= job.scaling.num_workers for g in per_node)  # a trial's Train run fits one node
+    assert len(per_node) == 1 and sweep.resources.max_concurrent is not None
+    replicas = yaml.safe_load((ROOT / "cluster/kuberay/rayjob-tune.yaml").read_text())["spec"]["rayClusterSpec"]
+    assert replicas["workerGroupSpecs"][0]["replicas"] == sweep.resources.max_concurrent
 
 
 def test_dashboard_not_exposed():

@@ -28,3 +28,30 @@ def test_yaml_errors_name_the_file(tmp_path):
     path.write_text("model:\n  name_or_path: x\n  colour: red\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'model.colour'"):
         load_yaml(str(path), EmbedderConfig)
+
+
+def test_overrides_address_list_items_by_position_or_name():
+    from nvembed.config import JobConfig
+
+    job = from_dict(
+        JobConfig,
+        {
+            "stage2": {
+                "data": {
+                    "datasets": [
+                        {"name": "snli", "format": "triplets", "path": "a.jsonl"},
+                        {"name": "stsbenchmark", "format": "sts", "path": "b.jsonl"},
+                    ]
+                },
+                "run": {"init_from": "x"},
+            }
+        },
+    )
+    new = apply_overrides(job, ["stage2.data.datasets[stsbenchmark].weight=3", "stage2.data.datasets[0].max_rows=5"])
+    assert [(d.weight, d.max_rows) for d in new.stage2.data.datasets] == [(1.0, 5), (3.0, None)]
+    with pytest.raises(ConfigError, match=r"no item 'wordnet' \(0..1 or one of \['snli', 'stsbenchmark'\]\)"):
+        apply_overrides(job, ["stage2.data.datasets[wordnet].weight=3"])
+    with pytest.raises(ConfigError, match=r"unknown key 'stage2.data.datasets\[1\].wieght'"):
+        apply_overrides(job, ["stage2.data.datasets[1].wieght=3"])
+    with pytest.raises(ConfigError, match="'lora\\[0\\]' .*not a list"):
+        apply_overrides(job, ["lora[0].rank=3"])
