@@ -183,7 +183,8 @@ def build_training_rows(
     for ds in data.datasets:
         key = json.dumps(
             {
-                "ds": asdict(replace(ds, path=str(resolve_path(ds.path, base)))),
+                # the blend weight only matters to the batcher: re-weighting reuses the converted (mined) rows
+                "ds": asdict(replace(ds, path=str(resolve_path(ds.path, base)), weight=1.0)),
                 "k": num_negatives,
                 "seed": seed,
                 "mining": asdict(data.mining) if ds.mine_negatives else None,

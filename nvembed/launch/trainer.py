@@ -105,6 +105,9 @@ def run_stage_on_ray(
     if run.init_from and Path(run.init_from).exists():
         run.init_from = str(Path(run.init_from).resolve())
     cfg = dataclasses.replace(cfg, run=run)
+    if cfg.dev is not None:  # workers read the dev data themselves
+        absolute = {k: str(Path(v).resolve()) for k in ("retrieval", "sts") if (v := getattr(cfg.dev, k))}
+        cfg = dataclasses.replace(cfg, dev=dataclasses.replace(cfg.dev, **absolute))
     out = Path(cfg.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

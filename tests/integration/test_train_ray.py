@@ -76,12 +76,17 @@ def test_zero3_two_workers_really_partitioned(tiny_model, tmp_path):
         "deepspeed.param_persistence_threshold=0",
         "stage1.run.max_steps=3",
         "stage2.run.max_steps=2",
+        # dev metrics on every rank (a ZeRO-3 forward needs all of them), from a relative path
+        "dev={every: 2, sts: ../shared/data/stsbenchmark/dev.jsonl, max_sts_pairs: 16, max_length: 32}",
     )
     run_job_on_ray(job)
-    for stage in (1, 2):
+    for stage, steps in ((1, [2, 3]), (2, [2])):
         part = json.loads((tmp_path / f"stage{stage}" / "zero_partition.json").read_text())
         assert part["local_numel"] < part["full_numel"] / 1.5, part  # each rank holds about half
         _check_final(tmp_path, stage)
+        dev = [json.loads(x) for x in (tmp_path / f"stage{stage}" / "dev.jsonl").read_text().splitlines()]
+        assert [d["step"] for d in dev] == steps
+        assert all(-100 <= d["sts_spearman"] <= 100 and d["objective"] == d["sts_spearman"] for d in dev)
 
 
 def test_killed_worker_restarts_from_checkpoint_with_identical_losses(tiny_model, tmp_path, monkeypatch):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 
 from nvembed.config import TrainConfig, from_dict
 from nvembed.training.stage import run_stage
 from tests.helpers import save_tiny_backbone, toy_rows
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _cfg(model_dir, out, **run):
@@ -70,3 +74,21 @@ def test_stage2_starts_from_stage1_without_in_batch_negatives(tiny_dir, tmp_path
     a = Embedder.from_pretrained(one.final_model).encode(["the cat"], show_progress=False)
     b = Embedder.from_pretrained(two.final_model).encode(["the cat"], show_progress=False)
     assert abs(a - b).max() > 1e-6  # stage 2 trained on top of stage 1
+
+
+def test_row_cache_is_reused_when_only_the_blend_weight_changes(tmp_path):
+    from nvembed.config import DataConfig, DatasetConfig
+    from nvembed.data.build import build_training_rows
+
+    path = str(ROOT / "nvembed/resources/train/snli_triplets.jsonl")
+    lines: list[str] = []
+
+    def build(weight: float, max_rows: int):
+        ds = DatasetConfig(name="snli", format="triplets", path=path, weight=weight, max_rows=max_rows)
+        return build_training_rows(DataConfig(datasets=[ds]), 1, tmp_path, log=lines.append)["snli"]
+
+    first = build(1.0, 50)
+    again = build(3.0, 50)  # same rows, another weight: served from the cache
+    other = build(1.0, 40)  # another conversion: converted anew
+    assert [r.to_dict() for r in again] == [r.to_dict() for r in first] and len(other) == 40
+    assert ["cached" in line for line in lines] == [False, True, False]
