@@ -56,29 +56,11 @@ def sentencepiece_style_tokenizer():
 def tiny_decoder(kind: str, vocab_size: int, attn: str = "sdpa", sliding_window: int | None = 3, seed: int = 0):
     """A 2-layer, 64-wide Mistral / Llama / Qwen2 with random weights (a small sliding window on purpose)."""
     import torch
-    from transformers import AutoModel, LlamaConfig, MistralConfig, Qwen2Config
+    from transformers import AutoModel
 
-    common = dict(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    if kind == "mistral":
-        cfg = MistralConfig(sliding_window=sliding_window, **common)
-    elif kind == "llama":
-        cfg = LlamaConfig(**common)
-    elif kind == "qwen2":
-        cfg = Qwen2Config(
-            use_sliding_window=sliding_window is not None, sliding_window=sliding_window, max_window_layers=0, **common
-        )
-    else:
-        raise ValueError(kind)
+    from nvembed.modeling.tiny import tiny_config
+
+    cfg = tiny_config(kind, vocab_size, sliding_window=sliding_window, max_positions=256)
     cfg._attn_implementation = attn
     torch.manual_seed(seed)
     model = AutoModel.from_config(cfg)

@@ -64,9 +64,9 @@ def build_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
-def build_model(kind: str, vocab_size: int, seed: int = 0):
-    import torch
-    from transformers import AutoModel, LlamaConfig, MistralConfig, Qwen2Config
+def tiny_config(kind: str, vocab_size: int, sliding_window: int | None = None, max_positions: int = 512):
+    """2 layers, hidden 64, 4 query / 2 key-value heads: GQA and (optionally) a sliding window, like the real ones."""
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
 
     common = dict(
         vocab_size=vocab_size,
@@ -75,13 +75,26 @@ def build_model(kind: str, vocab_size: int, seed: int = 0):
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
+        max_position_embeddings=max_positions,
         bos_token_id=1,
         eos_token_id=2,
     )
-    configs = {"mistral": MistralConfig, "llama": LlamaConfig, "qwen2": Qwen2Config}
+    if kind == "mistral":
+        return MistralConfig(sliding_window=sliding_window, **common)
+    if kind == "llama":
+        return LlamaConfig(**common)
+    if kind == "qwen2":
+        window = dict(use_sliding_window=sliding_window is not None, sliding_window=sliding_window, max_window_layers=0)
+        return Qwen2Config(**window, **common)
+    raise ValueError(f"unknown tiny model kind {kind!r}; choose one of {', '.join(KINDS)}")
+
+
+def build_model(kind: str, vocab_size: int, seed: int = 0):
+    import torch
+    from transformers import AutoModel
+
     torch.manual_seed(seed)
-    return AutoModel.from_config(configs[kind](**common))
+    return AutoModel.from_config(tiny_config(kind, vocab_size))
 
 
 def tiny_model_path(name: str) -> str:
