@@ -66,6 +66,9 @@ def worker_env() -> dict[str, str]:
     env = {k: os.environ[k] for k in keys if k in os.environ}
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("PYTHONWARNINGS", "ignore")
+    # Ray Train re-routes print() into its logger *and* tees it to the wrapped stdout: every worker line reached
+    # the console twice (docs/bugs.md)
+    env.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     return env
 
 
