@@ -32,6 +32,11 @@ class _Trial:
     log: Callable[[str], None]
     started: float
 
+    @property
+    def total(self) -> int:
+        """Global steps of the trial (its stages' steps in sequence): the step of its final report."""
+        return sum(self.job.stage_config(n).run.max_steps for n in self.sweep.stages)
+
 
 def _start(params: dict[str, Any], sweep_dict: dict[str, Any], root: str) -> _Trial | None:
     """Set up a trial; None when it had finished before an interruption (its reports are replayed, nothing
@@ -105,8 +110,7 @@ def worker_trial(params: dict[str, Any], sweep_dict: dict[str, Any], root: str) 
     trial = _start(params, sweep_dict, root)
     if trial is None:
         return
-    sweep, job, log = trial.sweep, trial.job, trial.log
-    total = sum(job.stage_config(n).run.max_steps for n in sweep.stages)
+    sweep, job, log, total = trial.sweep, trial.job, trial.log, trial.total
     offset = 0
     for n in sweep.stages:
         cfg = job.stage_config(n)
@@ -131,8 +135,7 @@ def train_trial(params: dict[str, Any], sweep_dict: dict[str, Any], root: str) -
     trial = _start(params, sweep_dict, root)
     if trial is None:
         return
-    sweep, job, log = trial.sweep, trial.job, trial.log
-    total = sum(job.stage_config(n).run.max_steps for n in sweep.stages)
+    sweep, job, log, total = trial.sweep, trial.job, trial.log, trial.total
     offset = 0
     for n in sweep.stages:
         every = job.dev.every or job.stage_config(n).run.max_steps
