@@ -6,6 +6,9 @@ evaluates with mteb's own SciFact, STSBenchmark and Banking77Classification task
 stage 2, and the mean-pooling run after stage 2. Prints a Markdown table and writes ``results.json``.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/minilm_recipe.py --out runs/minilm_recipe
+
+``--poolings latent`` trains one run only (the first run of a fresh ``--out`` mines negatives, so its time is the
+from-scratch time); a later call on the same ``--out`` adds its rows and timings to ``results.json``.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def evaluate(model_path: str, work: Path, instructions: bool) -> dict[str, float
     )
     if res.exceptions:
         raise RuntimeError(res.exceptions)
-    return {r.task_name: round(100 * r.get_score(), 2) for r in res.task_results}
+    return {r.task_name: round(100 * float(r.get_score()), 2) for r in res.task_results}
 
 
 def main() -> None:
@@ -63,15 +66,18 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "jobs/configs/minilm_recipe.yaml"))
     parser.add_argument("--set", action="append", default=[], help="extra overrides for both runs")
     parser.add_argument("--skip-train", action="store_true", help="evaluate the models an earlier run left in --out")
+    parser.add_argument("--poolings", default="latent,mean", help="runs to train (the first one mines, from scratch)")
     parser.add_argument(
         "--only", default="base,latent1,latent2,mean2", help="rows to evaluate (also: base_instr, latent2_plain)"
     )
     args = parser.parse_args()
     out = Path(args.out).resolve()
     os.chdir(ROOT)  # config paths are relative to the project root
-    results: dict[str, dict] = {}
-    timings: dict[str, float] = {}
-    for pooling in ("latent", "mean"):
+    # rows and timings of earlier invocations on the same --out are kept (train one pooling, evaluate, go on)
+    previous = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
+    results: dict[str, dict] = previous.get("scores", {})
+    timings: dict[str, float] = previous.get("train_seconds", {})
+    for pooling in args.poolings.split(","):
         job = load_yaml(
             args.config,
             JobConfig,

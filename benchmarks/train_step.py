@@ -4,7 +4,7 @@ Same MiniLM (mean pooling, as the packaged sentence-transformers model), same ro
 triplets), same batch (queries x (1 positive + K negatives)), same AdamW; in-batch + hard negatives on both sides
 (MNRL's loss is our stage-1 loss at scale 20 = 1/τ 0.05). Runs alternate within one process; medians reported.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/train_step.py [--batch 32] [--negatives 3] [--steps 6]
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/train_step.py [--batch 32] [--negatives 3] [--steps 6] [--bf16]
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed steps per contender (after 1 warm-up)")
     parser.add_argument("--chunk", type=int, default=16, help="GradCache chunk rows")
     parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument(
+        "--bf16", action="store_true", help="also time our plain step under bf16 autocast (CPUs with AMX/AVX512-BF16)"
+    )
     args = parser.parse_args()
 
     rows = [
@@ -66,11 +69,17 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(st.parameters(), 1.0)
         st_opt.step()
 
-    def ours(chunk):
+    def ours(chunk, autocast_dtype=None):
         emb = Embedder.from_pretrained(path, pooling="mean")
         opt = build_optimizer(emb.model, 1e-5)
         engine = TorchEngine(
-            emb.model, opt, linear_warmup_decay(opt, 0, 10_000), temperature=0.05, chunk_size=chunk, grad_clip=1.0
+            emb.model,
+            opt,
+            linear_warmup_decay(opt, 0, 10_000),
+            temperature=0.05,
+            chunk_size=chunk,
+            grad_clip=1.0,
+            autocast_dtype=autocast_dtype,
         )
         collate = ContrastiveCollator(emb.inputs, args.negatives, args.max_length, args.max_length, force_in_batch=True)
         return lambda batch: engine.step(collate(batch))
@@ -80,6 +89,8 @@ def main() -> None:
         f"nvembed (GradCache, chunk {args.chunk})": ours(args.chunk),
         "sentence-transformers MNRL": st_step,
     }
+    if args.bf16:
+        contenders["nvembed (plain, bf16 autocast)"] = ours(None, torch.bfloat16)
     times: dict[str, list[float]] = {k: [] for k in contenders}
     for fn in contenders.values():
         fn(batches[0])  # warm-up
@@ -104,6 +115,9 @@ def main() -> None:
         f"(goal >= 1.0)"
     )
     print(f"GradCache overhead vs plain: {med[gc_name] / med['nvembed (plain)']:.2f}x time (goal <= 1.35)")
+    if args.bf16:
+        bf16_ratio = med["nvembed (plain)"] / med["nvembed (plain, bf16 autocast)"]
+        print(f"bf16 autocast vs fp32, plain step: {bf16_ratio:.2f}x throughput")
 
 
 if __name__ == "__main__":

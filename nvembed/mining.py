@@ -46,18 +46,27 @@ def encode_corpus_into_index(
     kind: str = "flat",
     shard_size: int = 50_000,
     show_progress: bool = True,
+    progress_step: int = 2048,
 ):
-    """Encode ``corpus`` shard by shard (progress bar over shards) and add each shard to a new index."""
+    """Encode ``corpus`` shard by shard and add each shard to a new index.
+
+    A shard is encoded in pieces of ``progress_step`` texts so the bar moves while a shard is encoded (one
+    50,000-text shard is minutes of CPU); each piece is length-sorted by ``encode`` on its own.
+    """
     index = None
     with tqdm(total=len(corpus), desc="mining: encode corpus", unit="doc", disable=not show_progress) as bar:
         for start in range(0, len(corpus), shard_size):
-            emb = np.ascontiguousarray(encode(corpus[start : start + shard_size]), dtype=np.float32)  # [s, D]
+            shard = corpus[start : start + shard_size]
+            pieces = []
+            for p0 in range(0, len(shard), progress_step):
+                pieces.append(np.asarray(encode(shard[p0 : p0 + progress_step]), dtype=np.float32))  # [p, D]
+                bar.update(len(pieces[-1]))
+            emb = np.ascontiguousarray(np.concatenate(pieces))  # [s, D]
             if index is None:
                 index = build_index(emb.shape[1], kind, nlist=max(1, min(1024, len(corpus) // 39)))
                 if not index.is_trained:
                     index.train(emb)
             index.add(emb)
-            bar.update(len(emb))
     return index
 
 

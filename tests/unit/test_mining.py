@@ -56,3 +56,21 @@ def test_select_negatives_top_k_and_sampling():
     assert select_negatives(cands, scores, 0.95, {3}, k=2)[0] == [1, 2]  # 5 is above 0.95*0.95, 3 is a positive
     sampled, _ = select_negatives(cands, scores, 0.95, set(), k=2, sample_from_top=4)
     assert len(sampled) == 2 and set(sampled) <= {1, 2, 3, 4}
+
+
+def test_corpus_encoded_in_progress_pieces_and_shards():
+    """Pieces (for the progress bar) and shards change neither the vectors nor their order in the index."""
+    from nvembed.mining import encode_corpus_into_index
+
+    rng = np.random.default_rng(0)
+    vecs = _unit(rng.normal(size=(23, 8))).astype(np.float32)
+    table = {f"d{i}": v for i, v in enumerate(vecs)}
+    calls = []
+
+    def encode(texts):
+        calls.append(len(texts))
+        return np.stack([table[t] for t in texts])
+
+    index = encode_corpus_into_index(encode, list(table), shard_size=10, show_progress=False, progress_step=4)
+    assert calls == [4, 4, 2, 4, 4, 2, 3]  # shards of 10, 10, 3, each in pieces of at most 4
+    np.testing.assert_array_equal(index.reconstruct_n(0, 23), vecs)
