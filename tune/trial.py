@@ -26,6 +26,7 @@ DONE = "DONE.json"
 
 @dataclass
 class _Trial:
+    params: dict[str, Any]  # this trial's point of the search space
     sweep: SweepConfig
     out: Path  # <sweep output>/trials/<trial id>
     job: JobConfig  # base + set + this trial's point
@@ -54,7 +55,7 @@ def _start(params: dict[str, Any], sweep_dict: dict[str, Any], root: str) -> _Tr
         return None
     with (out / "starts.log").open("a") as fh:  # one line per training start (tests count them)
         fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {json.dumps(params)}\n")
-    return _Trial(sweep, out, trial_job(sweep, params, str(out)), _logger(out), time.time())
+    return _Trial(params, sweep, out, trial_job(sweep, params, str(out)), _logger(out), time.time())
 
 
 def _dev_reports(out: Path, stages: list[int], job) -> list[dict[str, Any]]:
@@ -71,7 +72,7 @@ def _dev_reports(out: Path, stages: list[int], job) -> list[dict[str, Any]]:
     return [reports[k] for k in sorted(reports)]
 
 
-def _finish(trial: _Trial, params: dict[str, Any], job: JobConfig, total: int) -> None:
+def _finish(trial: _Trial) -> None:
     """Write ``DONE.json`` (every dev report, in order), then report the dev metrics of the last step.
 
     That report comes last on purpose: Tune may end the trial process as soon as it receives a final result
@@ -79,12 +80,12 @@ def _finish(trial: _Trial, params: dict[str, Any], job: JobConfig, total: int) -
     """
     from ray import tune
 
-    reports = _dev_reports(trial.out, trial.sweep.stages, job)
-    record = {"params": params, "reports": reports, "seconds": time.time() - trial.started}
+    reports = _dev_reports(trial.out, trial.sweep.stages, trial.job)
+    record = {"params": trial.params, "reports": reports, "seconds": time.time() - trial.started}
     tmp = trial.out / f".{DONE}.tmp"
     tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, trial.out / DONE)
-    if reports and reports[-1]["global_step"] == total:
+    if reports and reports[-1]["global_step"] == trial.total:
         tune.report(reports[-1])
 
 
@@ -121,7 +122,7 @@ def worker_trial(params: dict[str, Any], sweep_dict: dict[str, Any], root: str) 
 
         run_stage(cfg, stage_rows(cfg, log=log), log=log, on_dev=on_dev)
         offset += cfg.run.max_steps
-    _finish(trial, params, job, total)
+    _finish(trial)
 
 
 def train_trial(params: dict[str, Any], sweep_dict: dict[str, Any], root: str) -> None:
@@ -143,7 +144,7 @@ def train_trial(params: dict[str, Any], sweep_dict: dict[str, Any], root: str) -
         cfg = job.stage_config(n)
         run_stage_on_ray(cfg, log, callbacks=[_report_all_but(total)], step_offset=offset)
         offset += cfg.run.max_steps
-    _finish(trial, params, job, total)
+    _finish(trial)
 
 
 def _report_all_but(last_step: int):
