@@ -3,7 +3,7 @@
 # requirement resolved from nothing would pull a multi-GB CUDA build.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= dev,eval,ray,deepspeed
+EXTRAS ?= dev,eval,ray,deepspeed,track
 STAMP := $(VENV)/.nvembed-installed
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
@@ -13,11 +13,11 @@ export TOKENIZERS_PARALLELISM := false
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile cluster/constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q -c cluster/constraints.txt -e ".[$(EXTRAS)]"   # the versions the image pins
 	touch $@
 
 quickstart: setup

@@ -19,7 +19,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# real public data, not shipped: $NVEMBED_DATA (README "Data"), default ../shared/data beside the checkout
+DATA = Path(os.environ.get("NVEMBED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 
 
 def sentences(n: int) -> list[str]:

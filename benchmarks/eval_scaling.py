@@ -1,7 +1,8 @@
 """Distributed evaluation scaling: wall time of `run_evaluation` with 1 vs 2 Ray workers on the same tasks, one run.
 
 Each worker gets 1 CPU (1 torch thread), so the ratio measures task-level parallelism, not BLAS threading. The
-task set is real data from ../shared/data through mteb's own tasks; both runs start from empty output folders.
+task set is real data from ``$NVEMBED_DATA`` (default ``../shared/data``) through mteb's own tasks; both runs start
+from empty output folders.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/eval_scaling.py
 """
@@ -17,7 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# real public data, not shipped: $NVEMBED_DATA (README "Data"), default ../shared/data beside the checkout
+DATA = Path(os.environ.get("NVEMBED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 TASKS = {
     "STSBenchmark": DATA / "stsbenchmark",
     "STS12": DATA / "sts12",

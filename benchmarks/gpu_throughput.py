@@ -28,7 +28,7 @@ def main() -> None:
     from nvembed.modeling.embedder import NVEmbedModel
     from nvembed.modeling.latent_attention import LatentAttentionPooling
     from nvembed.modeling.lora import apply_lora
-    from nvembed.training.loop import TorchEngine
+    from nvembed.training.engine import TorchEngine
     from nvembed.training.optim import build_optimizer, linear_warmup_decay
 
     parser = argparse.ArgumentParser()

@@ -2,8 +2,9 @@
 
 Trains ``jobs/configs/minilm_recipe.yaml`` twice (latent-attention head; the same budget with mean pooling), then
 evaluates with mteb's own SciFact, STSBenchmark and Banking77Classification tasks on the local folders of
-``../shared/data``: base MiniLM (mean pooling, no instruction: the published setting), after stage 1, after
-stage 2, and the mean-pooling run after stage 2. Prints a Markdown table and writes ``results.json``.
+``$NVEMBED_DATA`` (default ``../shared/data``): base MiniLM (mean pooling, no instruction: the published setting),
+after stage 1, after stage 2, and the mean-pooling run after stage 2. Prints a Markdown table and writes
+``results.json``.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/minilm_recipe.py --out runs/minilm_recipe
 
@@ -26,7 +27,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # evaluation/ and nvembed/ from this checkout
-DATA = ROOT.parent / "shared" / "data"
+# real public data, not shipped: $NVEMBED_DATA (README "Data"), default ../shared/data beside the checkout
+DATA = Path(os.environ.get("NVEMBED_DATA") or ROOT.parent / "shared" / "data")
 TASKS = {"SciFact": "scifact", "STSBenchmark": "stsbenchmark", "Banking77Classification": "banking77"}
 PUBLISHED_BASE = {"SciFact": 64.51, "STSBenchmark": 82.03, "Banking77Classification": 80.04}
 

@@ -18,7 +18,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# real public data, not shipped: $NVEMBED_DATA (README "Data"), default ../shared/data beside the checkout
+DATA = Path(os.environ.get("NVEMBED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 
 
 def main() -> None:
@@ -29,7 +30,7 @@ def main() -> None:
     from nvembed import Embedder
     from nvembed.data.collate import ContrastiveCollator
     from nvembed.data.converters import triplet_examples
-    from nvembed.training.loop import TorchEngine
+    from nvembed.training.engine import TorchEngine
     from nvembed.training.optim import build_optimizer, linear_warmup_decay
 
     parser = argparse.ArgumentParser()

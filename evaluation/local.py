@@ -1,6 +1,6 @@
 """Run mteb tasks on local folders (``--task-data TASK=DIR``), through mteb's own task classes and evaluators.
 
-Formats (``../shared/data/INDEX.md``):
+Formats (README "Data"; the layout of ``$NVEMBED_DATA``):
 
 * Retrieval / Reranking (BEIR layout): ``corpus.jsonl`` {_id, title, text}, ``queries.jsonl`` {_id, text},
   ``qrels/<split>.tsv``. mteb's retrieval loader asks ``datasets`` for the configs ``corpus``, ``queries`` and

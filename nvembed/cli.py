@@ -124,11 +124,20 @@ def _train(args: argparse.Namespace) -> int:
     except DataError as err:
         print(f"nvembed train: bad training data (no worker was started): {err}", file=sys.stderr)
         return 2
+    except ConfigError as err:  # found on the driver before any worker started (precision, instructions, ...)
+        print(f"nvembed train: {err}", file=sys.stderr)
+        return 2
     if job.evaluation is not None and finals:
         from nvembed.launch.evaluate_job import evaluate_final
 
         last = max(finals)
-        evaluate_final(Path(finals[last]), job.evaluation, Path(job.output_dir), args.address)
+        _, scores = evaluate_final(Path(finals[last]), job.evaluation, Path(job.output_dir), args.address)
+        if job.tracking is not None:  # the final scores join the job's MLflow run / TensorBoard
+            from nvembed.tracking import Tracker
+
+            tracker = Tracker(job.resolved_tracking(), job_key=str(Path(job.output_dir).resolve()))
+            tracker.log_metrics(scores, step=0, prefix="eval")
+            tracker.close()
     for n, final in finals.items():
         print(f"stage {n} final model: {Path(final).resolve()}")
     return 0

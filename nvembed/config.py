@@ -5,6 +5,10 @@ One dataclass per section; each field has a one-line doc (the comment on its lin
 
 ``from_dict`` rejects unknown keys with their dotted path, and ``apply_overrides`` takes the same dotted
 ``a.b=c`` strings that the CLI's ``--set`` and Tune search spaces use.
+
+Config files and ``--set`` values are read with :func:`load_config_yaml`: YAML with the YAML 1.2 core schema's
+booleans (only ``true``/``false``), so ``autocast: off`` and ``--set stage1.run.autocast=off`` give the string
+``"off"`` instead of PyYAML's YAML 1.1 ``False``; bool fields still accept yes/no/on/off.
 """
 
 from __future__ import annotations
@@ -22,6 +26,37 @@ import yaml
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names its dotted path."""
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` whose booleans are YAML 1.2's (``true``/``false`` in three casings) only.
+
+    PyYAML implements YAML 1.1, where ``off``, ``on``, ``no``, ``yes``, ``y``, ``n`` are booleans too. A string
+    field whose valid values include such a word (``run.autocast: off``) then received ``False`` and was rejected
+    (``expected str, got False``), and converting back is ambiguous (``no``, ``off`` and ``false`` all give
+    False). Keeping the word as written fixes it at the source; the bool fields accept the words themselves
+    (see ``_coerce``), so ``use_gpu: yes`` keeps working.
+    """
+
+
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+# YAML 1.1 boolean words: what a bool field accepts as a string now that the loader keeps them as written.
+_BOOL_WORDS = {
+    **dict.fromkeys(("yes", "y", "on", "true"), True),
+    **dict.fromkeys(("no", "n", "off", "false"), False),
+}
+
+
+def load_config_yaml(text: str) -> Any:
+    """Parse config YAML (a file or one ``--set`` value) with :class:`ConfigLoader`."""
+    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - ConfigLoader is a SafeLoader
 
 
 @dataclass
@@ -49,7 +84,7 @@ class ModelConfig:
 class PoolingConfig:
     """How token states become one embedding (NV-Embed §3.2; ablations in Table 2)."""
 
-    kind: str = "latent"  # latent | mean | last
+    kind: str = "latent"  # latent | mean | last | cls (cls: first token, for CLS-trained encoders)
     num_latents: int = 512  # r, rows of the latent array
     num_heads: int = 8  # h, cross-attention heads
     head_dim: int | None = None  # d_head; None = backbone hidden size (4096 for Mistral-7B, as released)
@@ -58,8 +93,8 @@ class PoolingConfig:
     zero_init_residual: bool = False  # start the latent block as identity (= mean pooling); see CALIBRATION.md
 
     def __post_init__(self) -> None:
-        if self.kind not in ("latent", "mean", "last"):
-            raise ConfigError(f"pooling.kind must be latent|mean|last, got {self.kind!r}")
+        if self.kind not in ("latent", "mean", "last", "cls"):
+            raise ConfigError(f"pooling.kind must be latent|mean|last|cls, got {self.kind!r}")
         for name in ("num_latents", "num_heads", "ff_mult"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"pooling.{name} must be >= 1, got {getattr(self, name)}")
@@ -214,13 +249,17 @@ class ScalingConfig:
     cpus_per_worker: float = 1.0  # logical CPUs reserved per worker (fractional is fine on small machines)
     engine: str = "ddp"  # ddp: plain torch, gradients averaged across ranks | deepspeed: ZeRO (see deepspeed)
     max_failures: int = 0  # worker failures tolerated (restart from the last checkpoint)
-    storage_path: str | None = None  # Ray Train storage (default: <output_dir>/ray); shared storage on a cluster
+    storage_path: str | None = None  # Ray Train storage (default: <output_dir>/ray); shared path or s3:// / gs://
+    shared_root: str | None = None  # the mount every node sees (e.g. /mnt/shared): shared paths must lie under it
+    worker_resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources each worker requires
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
             raise ConfigError(f"scaling.num_workers must be >= 1, got {self.num_workers}")
         if self.engine not in ("ddp", "deepspeed"):
             raise ConfigError(f"scaling.engine must be ddp|deepspeed, got {self.engine!r}")
+        if {"CPU", "GPU"} & set(self.worker_resources):
+            raise ConfigError("scaling.worker_resources: set CPU and GPU with cpus_per_worker and use_gpu")
 
 
 @dataclass
@@ -242,7 +281,7 @@ class DevConfig:
     """
 
     every: int = 0  # steps between dev evaluations (0: only at the end of each stage)
-    retrieval: str | None = None  # BEIR folder of the retrieval dev slice (e.g. ../shared/data/cranfield)
+    retrieval: str | None = None  # BEIR folder of the retrieval dev slice (e.g. nvembed/resources/dev/snli)
     retrieval_split: str = "dev"  # its qrels split (qrels/<split>.tsv)
     retrieval_task: str | None = None  # instruction registry key for its queries; None = the folder name
     max_queries: int | None = 100  # seeded sample of dev queries (None: all)
@@ -266,6 +305,18 @@ class DevConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Experiment tracking (nvembed/tracking.py): MLflow and TensorBoard, written by rank 0; ``track`` extra."""
+
+    mlflow: bool = True  # params, per-step and dev metrics, final evaluation scores
+    mlflow_uri: str | None = None  # tracking URI; None = sqlite:///<output_dir>/mlflow.db (a local file)
+    experiment: str = "nvembed"  # MLflow experiment name
+    run_name: str | None = None  # None = the job's output folder name
+    tensorboard: bool = True  # event files under tensorboard_dir
+    tensorboard_dir: str | None = None  # None = <output_dir>/tensorboard
+
+
+@dataclass
 class TrainConfig:
     """A training stage: embedder + data + loss + optimiser + run."""
 
@@ -279,6 +330,7 @@ class TrainConfig:
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     dev: DevConfig | None = None  # dev metrics every dev.every steps (None: off)
+    tracking: TrackingConfig | None = None  # MLflow / TensorBoard (None: off); paths resolved by the job
 
     def __post_init__(self) -> None:
         if self.run.batch_size % self.scaling.num_workers:
@@ -333,6 +385,7 @@ class JobConfig:
     stage2: StageConfig | None = None  # blend, hard negatives only (None: skip)
     evaluation: EvaluationConfig | None = None  # after the last stage (None: skip)
     dev: DevConfig | None = None  # held-out dev metrics during both stages; the Tune objective (None: off)
+    tracking: TrackingConfig | None = None  # MLflow + TensorBoard of both stages (None: off)
     output_dir: str = "runs/nvembed"  # stage N writes <output_dir>/stageN/
 
     def __post_init__(self) -> None:
@@ -364,6 +417,20 @@ class JobConfig:
             self.scaling,
             self.deepspeed,
             self.dev,
+            self.resolved_tracking(),
+        )
+
+    def resolved_tracking(self) -> TrackingConfig | None:
+        """``tracking`` with its defaults made concrete (absolute paths: Ray workers run elsewhere)."""
+        if self.tracking is None:
+            return None
+        root = os.path.abspath(self.output_dir)
+        t = self.tracking
+        return dataclasses.replace(
+            t,
+            mlflow_uri=t.mlflow_uri or f"sqlite:///{root}/mlflow.db",
+            run_name=t.run_name or os.path.basename(root),
+            tensorboard_dir=(os.path.abspath(t.tensorboard_dir or f"{root}/tensorboard") if t.tensorboard else None),
         )
 
 
@@ -410,6 +477,12 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is bool and isinstance(value, str) and value.lower() in _BOOL_WORDS:
+        return _BOOL_WORDS[value.lower()]  # yes/no/on/off, YAML 1.1 booleans, kept as words by ConfigLoader
+    if tp is str and isinstance(value, bool):
+        raise ConfigError(
+            f"{path}: expected str, got {value!r} (write the word as a string, e.g. 'off', if that is what is meant)"
+        )
     if tp is float and isinstance(value, str):
         try:
             return float(value)  # YAML reads "1e-5" as a string
@@ -445,11 +518,19 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``"lora.rank=32"`` -> ``("lora.rank", 32)``; the value is parsed as YAML (numbers, lists, null)."""
+    """``"lora.rank=32"`` -> ``("lora.rank", 32)``; the value is parsed as YAML (numbers, lists, null).
+
+    Only ``true``/``false`` are booleans (:class:`ConfigLoader`): ``run.autocast=off`` gives ``"off"``.
+    """
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.path=value")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    if not raw.strip():
+        return key.strip(), ""
+    try:
+        return key.strip(), load_config_yaml(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: invalid YAML value: {err}") from err
 
 
 def apply_overrides(cfg: Any, overrides: dict[str, Any] | list[str]) -> Any:
@@ -517,7 +598,7 @@ def load_yaml(path: str, cls: type, overrides: list[str] | None = None) -> Any:
     if unresolved:
         raise ConfigError(f"{path}: environment variable(s) not set: {', '.join(sorted(set(unresolved)))}")
     try:
-        data = yaml.safe_load(text) or {}
+        data = load_config_yaml(text) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML: {err}") from err
     try:

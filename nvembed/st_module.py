@@ -5,7 +5,9 @@ One input module does tokenisation, backbone, pooling and normalisation, so the 
 (``prompt=``), so the instruction boundary is computed exactly as in :mod:`nvembed.tokenization`; the released
 NV-Embed-v2 ST path instead concatenated prompt and text, then ST's ``strip()`` and ``len - 1`` leaked the last
 instruction token into the pool (spec §1.5). The query instruction is stored as the ``"query"`` prompt
-(already templated: ``Instruct: ...\\nQuery: ``) and documents get the empty ``"document"`` prompt.
+(already templated: ``Instruct: ...\\nQuery: ``) and documents get the empty ``"document"`` prompt. A model loaded
+from a sentence-transformers folder keeps that folder's prompts (raw prefixes) and their pooling
+(``include_prompt``), see :meth:`NVEmbedSTModule.pools`.
 """
 
 from __future__ import annotations
@@ -53,9 +55,22 @@ class NVEmbedSTModule(InputModule):
         return cls(embedder, max_seq_length=embedder.config.model.max_length)
 
     def preprocess(self, inputs, prompt: str | None = None, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Tokenise like ``Embedder.encode``: an nvembed instruction prefix is kept out of the pool; a prompt of a
+        model that came from a sentence-transformers folder is pooled when that folder's ``include_prompt`` was
+        True (as its own ``Pooling`` module did)."""
         texts = [x if isinstance(x, str) else str(x) for x in inputs]
+        if prompt and self.pools(prompt):
+            texts, prompt = [prompt + t for t in texts], ""
         ids, starts = self.embedder.inputs.tokenize(texts, prompt or "", self.max_seq_length)
         return self.embedder.inputs.pad(ids, starts)
+
+    def pools(self, prompt: str) -> bool:
+        """Whether ``prompt`` is part of the pooled text: never for nvembed's own models (``pool_prompts`` None)
+        or for the templated query instruction, else as the source folder's ``include_prompt`` said."""
+        emb = self.embedder
+        if not emb.pool_prompts:
+            return False
+        return not (emb.query_instruction and prompt == emb.inputs.format_instruction(emb.query_instruction))
 
     def forward(self, features: dict[str, torch.Tensor], **kwargs: Any) -> dict[str, torch.Tensor]:
         features["sentence_embedding"] = self.model(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 WORDS = (
     "the a an of to in is was for on with as by at from that this it be are or not which have has had "
@@ -107,3 +108,30 @@ def toy_rows(n: int = 40, k: int = 3, seed: int = 0):
             )
         )
     return rows
+
+
+def kill_one_worker_once(step: int, marker):
+    """A Ray Train callback (it runs on the controller) that SIGKILLs one training worker once the report of
+    ``step`` arrives, as a node or OOM kill would. Only this cluster's workers: they share the controller's parent,
+    the raylet. Defined in a function so that Ray pickles the class by value (the controller cannot import tests)."""
+    from ray.train import UserCallback
+
+    class KillOneWorkerOnce(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            if not metrics or metrics[0].get("step") != step or marker.exists():
+                return
+            import signal
+
+            import psutil
+
+            marker.touch()
+            raylet = os.getppid()
+            workers = [
+                p
+                for p in psutil.process_iter(["cmdline", "ppid"])
+                if p.info["ppid"] == raylet and "RayTrainWorker" in " ".join(p.info["cmdline"] or [])
+            ]
+            assert workers, "no training worker found to kill"
+            os.kill(max(w.pid for w in workers), signal.SIGKILL)
+
+    return KillOneWorkerOnce()

@@ -18,6 +18,11 @@ class DataError(ValueError):
         where = f"{self.path}:{line}" if line is not None else self.path
         super().__init__(f"{where}: {reason}")
 
+    def __reduce__(self):
+        # Exceptions unpickle as ``cls(*self.args)``, and ``args`` holds only the formatted message: without this,
+        # a DataError raised in a Ray task or worker could not be rebuilt on the driver (docs/bugs.md 2026-12-01).
+        return type(self), (self.path, self.line, self.reason), self.__dict__
+
 
 @dataclass
 class ErrorPolicy:

@@ -10,7 +10,8 @@ from nvembed.config import EvaluationConfig
 
 def evaluate_final(
     model: Path, ev: EvaluationConfig, out: Path, address: str | None = None, log: Callable[[str], None] = print
-) -> Path:
+) -> tuple[Path, dict[str, float]]:
+    """Evaluate the job's final model (and ``ev.baseline``); returns the report's path and the model's scores."""
     from evaluation.report import write_report
     from evaluation.runner import resolve_tasks, run_evaluation
 
@@ -35,4 +36,4 @@ def evaluate_final(
     types = {t.metadata.name: t.metadata.type for t in resolve_tasks(None, names)}
     paths = write_report(out / "eval", model.name, outcome.scores, types, outcome.failed, compare)
     log(paths["md"].read_text())
-    return paths["md"]
+    return paths["md"], dict(outcome.scores)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 import yaml
 
 from nvembed.config import JobConfig, TrainConfig, to_dict
 from nvembed.data.plan import plan_key, write_plan
+from nvembed.launch.storage import STORAGE_ENV_KEYS, alive_nodes, check_shared_paths, train_storage
+from nvembed.progress import follow_metrics
+from nvembed.training.precision import resolve_precision
 from nvembed.training.stage import make_batcher
 
 
@@ -29,7 +32,7 @@ def make_trainer(
     from nvembed.launch.worker import train_loop_per_worker
 
     s = cfg.scaling
-    storage = s.storage_path or str(Path(cfg.run.output_dir).resolve().parent / "ray")
+    storage, storage_fs = train_storage(cfg)  # shared folder or object store; one run folder per job
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -39,12 +42,15 @@ def make_trainer(
             "step_offset": step_offset,
         },
         scaling_config=ScalingConfig(
-            num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker}
+            num_workers=s.num_workers,
+            use_gpu=s.use_gpu,
+            resources_per_worker={"CPU": s.cpus_per_worker, **s.worker_resources},
         ),
         torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
         run_config=RunConfig(
             name=f"stage{cfg.run.stage}",
             storage_path=storage,
+            storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=s.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=max(1, cfg.run.keep_checkpoints)),
             worker_runtime_env={"env_vars": worker_env_for(cfg)},
@@ -59,9 +65,9 @@ def worker_env() -> dict[str, str]:
         "HF_DATASETS_OFFLINE",
         "TOKENIZERS_PARALLELISM",
         "DS_ACCELERATOR",
-        "NVEMBED_FAIL_AT_STEP",
         "PYTHONWARNINGS",
         "TORCH_EXTENSIONS_DIR",
+        *STORAGE_ENV_KEYS,  # the S3 endpoint and region every process must agree on
     )
     env = {k: os.environ[k] for k in keys if k in os.environ}
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -83,8 +89,10 @@ def prepare_stage(cfg: TrainConfig, log: Callable[[str], None] = print) -> str:
     """On the driver, before any worker starts: build and validate rows (bad rows stop here with file:line), then
     write the step plan. Returns the plan folder."""
     from nvembed.training.job import stage_rows
+    from nvembed.training.preflight import check_stage_inputs
 
     rows = stage_rows(cfg, log=log)
+    check_stage_inputs(cfg, rows)  # instructions vs token limits, dev data: fails here, not at a worker's first step
     world = cfg.scaling.num_workers
     extra = {
         "steps": cfg.run.max_steps,
@@ -114,49 +122,35 @@ def run_stage_on_ray(
     out = Path(cfg.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    plan_dir = prepare_stage(cfg, log)
+    device = torch.device("cuda" if cfg.scaling.use_gpu else "cpu")
+    precision = resolve_precision(cfg.model.dtype, cfg.run.autocast, device)
     ds_config = None
-    if cfg.scaling.engine == "deepspeed":
+    if cfg.scaling.engine == "deepspeed":  # a contradictory precision fails here, once, before any worker starts
         from nvembed.training.deepspeed_engine import deepspeed_config
 
-        ds_config = deepspeed_config(cfg, cfg.scaling.num_workers, cfg.scaling.use_gpu)
-    result = make_trainer(cfg, plan_dir, ds_config, callbacks, step_offset).fit()
+        ds_config = deepspeed_config(cfg, cfg.scaling.num_workers, precision)
+    plan_dir = prepare_stage(cfg, log)
+    trainer = make_trainer(cfg, plan_dir, ds_config, callbacks, step_offset)
+    with follow_metrics(out / "metrics.jsonl", cfg.run.stage, cfg.run.max_steps):
+        result = trainer.fit()
     if result.error:
         raise result.error
     final = out / "final"
-    plot_losses(out / "metrics.jsonl", out / "loss.png", f"stage {cfg.run.stage}")
     log(f"stage {cfg.run.stage} final model: {final.resolve()}")
     return final
 
 
-def plot_losses(metrics: Path, png: Path, title: str) -> None:
-    """``loss.png``: loss per step (the last value logged for a step wins after a restart)."""
-    if not metrics.is_file():
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    by_step = {}
-    for line in metrics.read_text().splitlines():
-        m = json.loads(line)
-        by_step[m["step"]] = m["loss"]
-    steps = sorted(by_step)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, [by_step[s] for s in steps])
-    ax.set_xlabel("step")
-    ax.set_ylabel("InfoNCE loss")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-
-
 def run_job_on_ray(
-    job: JobConfig, stages: list[int] | None = None, address: str | None = None, log: Callable[[str], None] = print
+    job: JobConfig,
+    stages: list[int] | None = None,
+    address: str | None = None,
+    log: Callable[[str], None] = print,
+    callbacks: list | None = None,
 ) -> dict[int, Path]:
-    """Run the job's stages on Ray (an existing cluster at ``address``, else an embedded local one)."""
+    """Run the job's stages on Ray (an existing cluster at ``address``, else an embedded local one).
+
+    ``callbacks``: Ray Train ``UserCallback``s for every stage (tests inject faults with one).
+    """
     import ray
 
     started = False
@@ -172,6 +166,7 @@ def run_job_on_ray(
             )
         started = True
     try:
+        check_shared_paths(job, alive_nodes(), stages)  # multi-node: refuse node-local paths before any work
         finals = {}
         for n in stages or job.stages():
             cfg = job.stage_config(n)
@@ -180,7 +175,7 @@ def run_job_on_ray(
                 f"== stage {n} on Ray: {cfg.scaling.num_workers} x {cfg.scaling.engine} workers, {cfg.run.max_steps} "
                 f"steps, global batch {cfg.run.batch_size}, in-batch negatives {negatives}"
             )
-            finals[n] = run_stage_on_ray(cfg, log)
+            finals[n] = run_stage_on_ray(cfg, log, callbacks)
         return finals
     finally:
         if started:

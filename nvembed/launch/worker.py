@@ -1,14 +1,16 @@
-"""The per-worker training function that Ray Train runs on every rank.
+"""The per-worker training function that Ray Train runs on every rank: the thin part.
 
-Readable top to bottom: rebuild the config, build the model (ZeRO-3: partitioned load), restore the last
-checkpoint, stream this rank's rows of the step plan with Ray Data, train, report, checkpoint, save the final model.
+Context in (rank, world, device, Ray Train's checkpoint storage and reports), the shared driver out
+(:func:`nvembed.training.driver.train_stage`): build the model (ZeRO-3: partitioned load) and the engine, stream
+this rank's rows of the step plan with Ray Data, and let the driver train, report, checkpoint and export.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +18,15 @@ import torch
 
 from nvembed.config import TrainConfig, from_dict
 from nvembed.data.plan import rank_files, row_from_record
-from nvembed.training.checkpoint import load_trainable, rng_state, set_rng_state, trainable_state_dict
-from nvembed.training.loop import StepMetrics, train_steps
+from nvembed.modeling.builders import resolve_model_path
+from nvembed.training.driver import RunContext, train_stage
 from nvembed.training.stage import (
     build_stage_embedder,
-    dev_due,
     make_collator,
     make_dev_set,
     make_engine,
     seed_everything,
+    stage_precision,
 )
 
 
@@ -46,36 +48,36 @@ def plan_batches(plan_dir: str, rank: int, start_step: int, per_rank: int, colla
         yield collator([row_from_record(r) for r in records])
 
 
-def save_state(folder: Path, step: int, engine, rank: int) -> None:
-    """Rank 0: trainable weights + optimizer + scheduler; every rank: its RNG (dropout must resume identically)."""
-    from safetensors.torch import save_file
+class RayTrainStore:
+    """Checkpoints and reports through Ray Train: every rank writes its part of the checkpoint folder into a
+    temporary directory and reports it; Ray Train merges them in its storage (``scaling.storage_path``)."""
 
-    if hasattr(engine, "save"):  # DeepSpeed: every rank writes its ZeRO shard
-        engine.save(folder, step)
-    elif rank == 0:
-        save_file(trainable_state_dict(engine.unwrapped), str(folder / "trainable.safetensors"))
-        torch.save(
-            {"step": step, "optimizer": engine.optimizer.state_dict(), "scheduler": engine.scheduler.state_dict()},
-            folder / "state.pt",
-        )
-    torch.save({"step": step, "rng": rng_state()}, folder / f"rng-rank{rank}.pt")
+    @contextlib.contextmanager
+    def latest(self) -> Iterator[Path | None]:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as folder:
+            yield Path(folder)
+
+    def save(self, step: int, metrics: dict[str, Any], write: Callable[[Path], None]) -> None:
+        import ray.train
+
+        with tempfile.TemporaryDirectory() as tmp:
+            write(Path(tmp))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    def report(self, metrics: dict[str, Any]) -> None:
+        import ray.train
+
+        ray.train.report(metrics)
 
 
-def load_state(folder: Path, engine, rank: int) -> int:
-    from safetensors.torch import load_file
-
-    if hasattr(engine, "load"):
-        step = engine.load(folder)
-    else:
-        load_trainable(engine.unwrapped, load_file(str(folder / "trainable.safetensors")))
-        state = torch.load(folder / "state.pt", weights_only=False)
-        engine.optimizer.load_state_dict(state["optimizer"])
-        engine.scheduler.load_state_dict(state["scheduler"])
-        step = int(state["step"])
-    rng = folder / f"rng-rank{rank}.pt"
-    if rng.is_file():
-        set_rng_state(torch.load(rng, weights_only=False)["rng"])
-    return step
+def _log(line: str) -> None:
+    print(f"[nvembed] {line}", flush=True)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -84,15 +86,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one INFO line per report otherwise; we log our own
+    _quiet_report_dumps()
 
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
     cfg: TrainConfig = from_dict(TrainConfig, config["cfg"])
-    per_rank = cfg.run.batch_size // world
-    device = torch.device("cuda", ctx.get_local_rank()) if cfg.scaling.use_gpu else torch.device("cpu")
+    device = torch.device("cuda", context.get_local_rank()) if cfg.scaling.use_gpu else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    precision = stage_precision(cfg, device)
+    if rank == 0:
+        _log(f"stage {cfg.run.stage} precision: {precision.reason}")
     seed_everything(cfg.run.seed)  # identical initialisation on every rank
+    # A model built on first use (tiny:...) is built here, before ZeRO-3's partitioned init is switched on:
+    # under it the build would run collectives while the other ranks wait on the build lock (docs/bugs.md).
+    resolve_model_path(cfg.model.name_or_path)
 
     keep_alive = None
     if cfg.scaling.engine == "deepspeed":
@@ -106,117 +114,45 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if ds_config["zero_optimization"]["stage"] == 3:
             keep_alive = HfDeepSpeedConfig(ds_config)  # must outlive from_pretrained: partitioned loading
         emb = build_stage_embedder(cfg)
-        engine = DeepSpeedEngine(cfg, emb.model, ds_config)
+        engine = DeepSpeedEngine(cfg, emb.model, ds_config, precision)
+        if rank == 0:
+            _write_partition(engine.unwrapped, Path(cfg.run.output_dir))
     else:
         emb = build_stage_embedder(cfg)
         emb.to(device)
-        engine = make_engine(cfg, emb.model)
+        engine = make_engine(cfg, emb.model, precision)
 
-    if cfg.scaling.engine == "deepspeed" and rank == 0:
-        params = list(engine.unwrapped.parameters())
-        partition = {
-            "local_numel": sum(p.numel() for p in params),
-            "full_numel": sum(getattr(p, "ds_numel", p.numel()) for p in params),
-        }
-        Path(cfg.run.output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(cfg.run.output_dir) / "zero_partition.json").write_text(json.dumps(partition))
-
-    start = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            start = load_state(Path(folder), engine, rank)
-        if rank == 0:
-            print(f"[nvembed] rank {rank}: resumed at step {start}", flush=True)
-
-    out = Path(cfg.run.output_dir)
-    metrics_path = out / "metrics.jsonl"
     collator = make_collator(cfg, emb)
-    batches = plan_batches(config["plan_dir"], rank, start, per_rank, collator)
-    offset = int(config.get("step_offset", 0))
-    dev_set = make_dev_set(cfg)  # every rank: under ZeRO-3 a forward needs all ranks (see save_final)
+    per_rank = cfg.run.batch_size // world
 
-    def on_step(m: StepMetrics) -> None:
-        metrics = {**m.as_dict(), "stage": cfg.run.stage, "world_size": world, "global_step": offset + m.step}
-        due_dev = dev_set is not None and dev_due(cfg, m.step)
-        if due_dev:
-            emb.model = engine.unwrapped
-            dev = dev_set.evaluate(emb)  # same texts, same order on every rank
-            metrics.update(dev)
-            if rank == 0:
-                with open(out / "dev.jsonl", "a") as fh:
-                    fh.write(json.dumps({"step": m.step, **dev}) + "\n")
-                print(f"[nvembed] stage {cfg.run.stage} step {m.step} dev objective {dev['objective']:.2f}", flush=True)
-        if rank == 0:
-            with open(metrics_path, "a") as fh:
-                fh.write(json.dumps(metrics) + "\n")
-            if cfg.run.log_every and m.step % cfg.run.log_every == 0:
-                print(
-                    f"[nvembed] stage {cfg.run.stage} step {m.step}/{cfg.run.max_steps} loss {m.loss:.4f} "
-                    f"lr {m.lr:.2e} grad_norm {m.grad_norm:.3f} {m.samples_per_s * world:.1f} samples/s "
-                    f"{m.tokens_per_s * world:.0f} tokens/s",
-                    flush=True,
-                )
-        every = cfg.run.checkpoint_every
-        due = (every and m.step % every == 0) or m.step == cfg.run.max_steps or due_dev
-        if due:
-            with tempfile.TemporaryDirectory() as tmp:
-                save_state(Path(tmp), m.step, engine, rank)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        elif cfg.run.log_every and m.step % cfg.run.log_every == 0:
-            ray.train.report(metrics)
-        marker = Path(cfg.run.output_dir) / ".simulated-crash-done"
-        if os.environ.get("NVEMBED_FAIL_AT_STEP") == str(m.step) and rank == world - 1 and not marker.exists():
-            marker.touch()  # crash once: the restarted run goes through
-            print(f"[nvembed] rank {rank}: simulated crash after step {m.step}", flush=True)
-            os._exit(1)  # fault-tolerance tests: the process dies as a killed worker would
+    def batches(start: int):
+        return plan_batches(config["plan_dir"], rank, start, per_rank, collator)
 
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-    train_steps(engine, batches, cfg.run.max_steps, start, on_step, device)
-    save_final(emb, engine, cfg, rank)
+    ctx = RunContext(RayTrainStore(), rank, world, device, int(config.get("step_offset", 0)))
+    train_stage(cfg, emb, engine, batches, ctx, dev_set=make_dev_set(cfg), log=_log)
     del keep_alive
 
 
-PROBE = ["the cat sat on the mat", "a question about bank cards", "rain in the city"]
+def _quiet_report_dumps() -> None:
+    """Ray Train 2.60 logs every ``ray.train.report`` of every rank at INFO as the whole ``TrainingReport(...)``
+    (300+ characters each) through ``logging.getLogger(__file__)`` of its private context module, a logger that
+    the ``ray.train`` level does not reach. Raise that one logger to WARNING; if Ray moves it, say so once."""
+    import logging
 
-
-def save_final(emb, engine, cfg: TrainConfig, rank: int) -> None:
-    """``Embedder.save_pretrained`` on rank 0 under ``<output_dir>/final``; ZeRO-3 gathers the full weights first.
-
-    The probe embeddings are computed by *every* rank: under ZeRO-3 each forward starts with collectives, so a
-    forward on rank 0 alone waits forever for the others (docs/bugs.md).
-    """
-    final = Path(cfg.run.output_dir) / "final"
-    model = engine.unwrapped
-    emb.model = model
-    probe = emb.encode(PROBE, show_progress=False)
-    if cfg.scaling.engine == "deepspeed" and cfg.deepspeed.stage == 3:
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
-            if rank == 0:
-                _save_gathered(emb, model, final)
-    elif rank == 0:
-        emb.save_pretrained(final)
-    if rank == 0:
-        import numpy as np
-
-        np.save(final.parent / "probe_embeddings.npy", probe)
-        print(f"[nvembed] stage {cfg.run.stage} final model: {final}", flush=True)
-
-
-def _save_gathered(emb, model, final: Path) -> None:
-    """Copy gathered (full) tensors into a CPU replica and save it, so the export never holds ZeRO placeholders."""
-    import copy
-
-    replica = copy.deepcopy(model).to("cpu")
-    with torch.no_grad():
-        for (_, src), (_, dst) in zip(model.named_parameters(), replica.named_parameters(), strict=True):
-            dst.data = src.data.detach().to("cpu").clone()
-    live = emb.model
-    emb.model = replica
     try:
-        emb.save_pretrained(final)
-    finally:
-        emb.model = live
+        from ray.train.v2._internal.execution import context
+    except ImportError:
+        _log("could not silence Ray Train's per-report log lines (ray.train.v2 internals moved)")
+        return
+    getattr(context, "logger", logging.getLogger(context.__file__)).setLevel(logging.WARNING)
+
+
+def _write_partition(model: torch.nn.Module, out: Path) -> None:
+    """``zero_partition.json``: the elements this rank holds vs the model's (tests check ZeRO-3 partitions)."""
+    params = list(model.parameters())
+    partition = {
+        "local_numel": sum(p.numel() if not hasattr(p, "ds_tensor") else p.ds_tensor.numel() for p in params),
+        "full_numel": sum(getattr(p, "ds_numel", p.numel()) for p in params),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "zero_partition.json").write_text(json.dumps(partition))

@@ -8,7 +8,7 @@ from torch import nn
 from nvembed.config import EmbedderConfig, LoraConfig, ModelConfig, PoolingConfig
 from nvembed.modeling.bidirectional import is_decoder_only, make_bidirectional
 from nvembed.modeling.embedder import NVEmbedModel
-from nvembed.modeling.latent_attention import LastTokenPooling, LatentAttentionPooling, MeanPooling
+from nvembed.modeling.latent_attention import ClsPooling, LastTokenPooling, LatentAttentionPooling, MeanPooling
 from nvembed.modeling.lora import apply_lora
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -78,6 +78,8 @@ def build_pooler(cfg: PoolingConfig, hidden_size: int) -> nn.Module:
         return MeanPooling(hidden_size, normalize=cfg.normalize)
     if cfg.kind == "last":
         return LastTokenPooling(hidden_size, normalize=cfg.normalize)
+    if cfg.kind == "cls":
+        return ClsPooling(hidden_size, normalize=cfg.normalize)
     return LatentAttentionPooling(
         hidden_size,
         num_latents=cfg.num_latents,

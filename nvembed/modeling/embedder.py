@@ -32,4 +32,9 @@ class NVEmbedModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pool_mask: torch.Tensor) -> torch.Tensor:
         """Args: ``[B, L]`` each. Returns ``[B, D]`` embeddings (unit norm unless pooling.normalize is off)."""
         hidden = self.token_states(input_ids, attention_mask)  # [B, L, H]
+        head = next(self.pooler.parameters(), None)
+        if head is not None and head.dtype != hidden.dtype:
+            # a bf16 base under an fp32 head (training's precision policy, nvembed/training/precision.py): the head
+            # takes its input in its own dtype; under autocast its matmuls still run in the autocast dtype
+            hidden = hidden.to(head.dtype)  # [B, L, H]
         return self.pooler(hidden, pool_mask, attention_mask)  # [B, D]

@@ -181,3 +181,26 @@ class LastTokenPooling(nn.Module):
         last = attention_mask.long().sum(dim=1) - 1  # [B]
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [B, D]
         return F.normalize(pooled, p=2, dim=-1) if self.normalize else pooled
+
+
+class ClsPooling(nn.Module):
+    """State of the first token ([CLS] of BERT-style encoders): sentence-transformers' ``cls`` pooling mode.
+
+    Position 0 is the tokenizer's leading special even when an instruction follows it (the pool mask is not
+    used: [CLS] attends to the whole input, instruction included, which is what a CLS-trained model expects).
+    """
+
+    def __init__(self, hidden_size: int, normalize: bool = True) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.normalize = normalize
+
+    @property
+    def output_dim(self) -> int:
+        return self.hidden_size
+
+    def forward(
+        self, hidden: torch.Tensor, pool_mask: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        pooled = hidden[:, 0]  # [B, D]; right padding, so position 0 is always a real token
+        return F.normalize(pooled, p=2, dim=-1) if self.normalize else pooled

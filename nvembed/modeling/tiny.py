@@ -98,24 +98,28 @@ def build_model(kind: str, vocab_size: int, seed: int = 0):
 
 
 def tiny_model_path(name: str) -> str:
-    """Folder of ``tiny:<kind>``, built on first use (atomically: concurrent callers may race safely)."""
+    """Folder of ``tiny:<kind>``, built on first use. Concurrent callers (two Ray workers of one job) wait on a
+    file lock, so exactly one builds; a folder left incomplete by a killed build is replaced (docs/bugs.md)."""
+    import fcntl
+
     kind = name.split(":", 1)[1]
     if kind not in KINDS:
         raise ValueError(f"{name!r}: unknown tiny model; choose one of {', '.join('tiny:' + k for k in KINDS)}")
     target = cache_root() / f"tiny-{kind}-v{VERSION}"
-    if (target / "config.json").is_file():
+    if (target / "config.json").is_file() and (target / "tokenizer.json").is_file():
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        tok = build_tokenizer()
-        build_model(kind, len(tok)).save_pretrained(str(tmp))
-        tok.save_pretrained(str(tmp))
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if (target / "config.json").is_file() and (target / "tokenizer.json").is_file():
+            return str(target)  # another process built it while we waited
+        shutil.rmtree(target, ignore_errors=True)  # incomplete leftovers
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
+            tok = build_tokenizer()
+            build_model(kind, len(tok)).save_pretrained(str(tmp))
+            tok.save_pretrained(str(tmp))
             os.replace(tmp, target)
-        except OSError:  # another process finished first
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return str(target)

@@ -1,25 +1,34 @@
-"""Training checkpoints: trainable weights, optimizer, scheduler, RNG, data position; written atomically.
+"""Training checkpoints: one folder format for every engine and launcher, written atomically where it is stored.
 
-Layout of ``<dir>/step-<N>/``: ``trainable.safetensors`` (LoRA adapter + pooling head, or whatever is trainable),
-``state.pt`` (optimizer, scheduler, RNG states, data position, step, free-form ``extra``). The folder is written
-under a temporary name and renamed, then ``<dir>/latest`` is replaced atomically, so a crash at any moment
-leaves the previous checkpoint intact.
+A checkpoint folder holds::
+
+    state.json            {"step": N} (rank 0)
+    rng-rank<R>.pt        every rank's RNG states (dropout must resume identically on each rank)
+    engine/               the engine's part (nvembed/training/engine.py): trainable tensors + optimizer for the
+                          torch engine, every rank's ZeRO shard for DeepSpeed
+
+The step alone fixes the data position: the local batcher is deterministic and replayed to it, the Ray path
+filters the step plan by it. Where the folder lives is the store's business: :class:`LocalCheckpointStore`
+(``<output_dir>/checkpoints/step-N``, renamed into place, ``latest`` pointer) for ``nvembed train --local`` and
+Tune's worker trials, Ray Train's storage (``ray.train.report``) for the Ray path (nvembed/launch/worker.py).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import random
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-TRAINABLE = "trainable.safetensors"
-STATE = "state.pt"
+STATE = "state.json"
 
 
 def rng_state() -> dict[str, Any]:
@@ -53,83 +62,70 @@ def load_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> 
             params[name].copy_(value.to(params[name].dtype))
 
 
-def save_checkpoint(
-    directory: str | Path,
-    step: int,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer | None,
-    scheduler: Any | None,
-    data_state: dict[str, Any] | None,
-    extra: dict[str, Any] | None = None,
-) -> Path:
-    """Write ``<directory>/step-<step>`` atomically and point ``<directory>/latest`` at it."""
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    final = directory / f"step-{step}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}.", dir=directory))
-    try:
-        save_file(trainable_state_dict(model), str(tmp / TRAINABLE))
-        torch.save(
-            {
-                "step": step,
-                "optimizer": optimizer.state_dict() if optimizer is not None else None,
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "rng": rng_state(),
-                "data": data_state,
-                "extra": extra or {},
-            },
-            tmp / STATE,
-        )
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    pointer = directory / ".latest.tmp"
-    pointer.write_text(final.name)
-    os.replace(pointer, directory / "latest")
-    return final
+def write_checkpoint(folder: Path, step: int, engine: Any, rank: int) -> None:
+    """This rank's part of the checkpoint of ``step`` into ``folder`` (every rank calls it)."""
+    engine.save_state(folder, rank)
+    torch.save(rng_state(), folder / f"rng-rank{rank}.pt")
+    if rank == 0:
+        (folder / STATE).write_text(json.dumps({"step": step}))
 
 
-def latest_checkpoint(directory: str | Path) -> Path | None:
-    directory = Path(directory)
-    pointer = directory / "latest"
-    if not pointer.is_file():
-        return None
-    path = directory / pointer.read_text().strip()
-    return path if (path / STATE).is_file() else None
+def read_checkpoint(folder: Path, engine: Any, rank: int) -> int:
+    """Restore ``engine`` and this rank's RNG from ``folder``; returns the step it was taken after."""
+    engine.load_state(folder)
+    rng = folder / f"rng-rank{rank}.pt"
+    if rng.is_file():  # a run resumed on more ranks than it was saved with starts their RNG fresh
+        set_rng_state(torch.load(rng, weights_only=False))
+    return int(json.loads((folder / STATE).read_text())["step"])
 
 
-def load_checkpoint(
-    path: str | Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer | None = None,
-    scheduler: Any | None = None,
-    restore_rng: bool = True,
-) -> dict[str, Any]:
-    """Restore a checkpoint into the given objects; returns the state dict (``step``, ``data``, ``extra``)."""
-    from safetensors.torch import load_file
+class CheckpointStore(Protocol):
+    """Where checkpoints and metric reports go (local folder or Ray Train's storage)."""
 
-    path = Path(path)
-    load_trainable(model, load_file(str(path / TRAINABLE)))
-    state = torch.load(path / STATE, weights_only=False)
-    if optimizer is not None and state["optimizer"] is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None and state["scheduler"] is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    if restore_rng:
-        set_rng_state(state["rng"])
-    return state
+    def latest(self) -> contextlib.AbstractContextManager[Path | None]: ...
+
+    def save(self, step: int, metrics: dict[str, Any], write: Callable[[Path], None]) -> None: ...
+
+    def report(self, metrics: dict[str, Any]) -> None: ...
 
 
-def prune_checkpoints(directory: str | Path, keep: int) -> None:
-    """Keep the ``keep`` newest ``step-N`` folders (never the one ``latest`` points at)."""
-    directory = Path(directory)
-    latest = latest_checkpoint(directory)
-    steps = sorted(directory.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    for old in steps[:-keep] if keep > 0 else []:
-        if latest is None or old.resolve() != latest.resolve():
-            shutil.rmtree(old, ignore_errors=True)
+class LocalCheckpointStore:
+    """``<directory>/step-N`` folders, each written under a temporary name and renamed, then ``latest`` replaced
+    atomically: a crash at any moment leaves the previous checkpoint intact. Single process only."""
+
+    def __init__(self, directory: str | Path, keep: int) -> None:
+        self.directory = Path(directory)
+        self.keep = keep
+
+    @contextlib.contextmanager
+    def latest(self) -> Iterator[Path | None]:
+        pointer = self.directory / "latest"
+        path = self.directory / pointer.read_text().strip() if pointer.is_file() else None
+        yield path if path is not None and (path / STATE).is_file() else None
+
+    def save(self, step: int, metrics: dict[str, Any], write: Callable[[Path], None]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        final = self.directory / f"step-{step}"
+        tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}.", dir=self.directory))
+        try:
+            write(tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        pointer = self.directory / ".latest.tmp"
+        pointer.write_text(final.name)
+        os.replace(pointer, self.directory / "latest")
+        self._prune(final)
+
+    def report(self, metrics: dict[str, Any]) -> None:
+        """Nothing leaves the process: metrics.jsonl (written by the driver) is the record."""
+
+    def _prune(self, latest: Path) -> None:
+        """Keep the ``keep`` newest ``step-N`` folders (never ``latest``)."""
+        steps = sorted(self.directory.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+        for old in steps[: -self.keep] if self.keep > 0 else []:
+            if old.resolve() != latest.resolve():
+                shutil.rmtree(old, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""Tiny local task folders of every mteb task type, in the formats of ../shared/data/INDEX.md."""
+"""Tiny local task folders of every mteb task type, in the formats `--task-data` reads (README "Data")."""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ def _check_final(out: Path, stage: int) -> None:
     from safetensors.torch import load_file
 
     from nvembed import Embedder
-    from nvembed.launch.worker import PROBE
+    from nvembed.training.driver import PROBE
 
     final = out / f"stage{stage}" / "final"
     adapter = load_file(str(final / "adapter" / "adapter_model.safetensors"))
@@ -56,17 +56,6 @@ def _check_final(out: Path, stage: int) -> None:
     assert (out / f"stage{stage}" / "loss.png").is_file()
 
 
-def test_two_stages_two_workers_ddp(tiny_model, tmp_path):
-    from nvembed.launch.trainer import run_job_on_ray
-
-    finals = run_job_on_ray(_job(tmp_path))
-    assert set(finals) == {1, 2}
-    for stage in (1, 2):
-        _check_final(tmp_path, stage)
-    stage2 = json.loads((tmp_path / "stage2" / "final" / "nvembed_config.json").read_text())
-    assert stage2["config"]["lora"]["enabled"]
-
-
 def test_zero3_two_workers_really_partitioned(tiny_model, tmp_path):
     from nvembed.launch.trainer import run_job_on_ray
 
@@ -77,7 +66,7 @@ def test_zero3_two_workers_really_partitioned(tiny_model, tmp_path):
         "stage1.run.max_steps=3",
         "stage2.run.max_steps=2",
         # dev metrics on every rank (a ZeRO-3 forward needs all of them), from a relative path
-        "dev={every: 2, sts: ../shared/data/stsbenchmark/dev.jsonl, max_sts_pairs: 16, max_length: 32}",
+        "dev={every: 2, sts: nvembed/resources/dev/stsbenchmark/dev.jsonl, max_sts_pairs: 16, max_length: 32}",
     )
     run_job_on_ray(job)
     for stage, steps in ((1, [2, 3]), (2, [2])):
@@ -89,9 +78,10 @@ def test_zero3_two_workers_really_partitioned(tiny_model, tmp_path):
         assert all(-100 <= d["sts_spearman"] <= 100 and d["objective"] == d["sts_spearman"] for d in dev)
 
 
-def test_killed_worker_restarts_from_checkpoint_with_identical_losses(tiny_model, tmp_path, monkeypatch):
+def test_killed_worker_restarts_from_checkpoint_with_identical_losses(tiny_model, tmp_path):
     """Also runs on very uneven datasets (3 rows next to 2,000): every rank still runs every step (no hang)."""
     from nvembed.launch.trainer import run_job_on_ray
+    from tests.helpers import kill_one_worker_once
 
     small = tmp_path / "small.jsonl"
     small.write_text(
@@ -103,15 +93,17 @@ def test_killed_worker_restarts_from_checkpoint_with_identical_losses(tiny_model
     )
     common = ["stage1.run.max_steps=6", "stage1.run.checkpoint_every=2", "scaling.max_failures=1", datasets]
     run_job_on_ray(_job(tmp_path / "straight", *common), stages=[1])
-    monkeypatch.setenv("NVEMBED_FAIL_AT_STEP", "3")  # the last rank's process exits after step 3
-    run_job_on_ray(_job(tmp_path / "crashed", *common), stages=[1])
+    marker = tmp_path / "killed"
+    run_job_on_ray(_job(tmp_path / "crashed", *common), stages=[1], callbacks=[kill_one_worker_once(2, marker)])
+    assert marker.exists()  # a worker was killed after the step-2 checkpoint was reported
     straight = _losses(tmp_path / "straight/stage1/metrics.jsonl")
     crashed = _losses(tmp_path / "crashed/stage1/metrics.jsonl")
-    lines = (tmp_path / "crashed/stage1/metrics.jsonl").read_text().splitlines()
-    assert [json.loads(x)["step"] for x in lines].count(3) == 2  # step 3 ran twice: before the crash and after
+    steps = [json.loads(x)["step"] for x in (tmp_path / "crashed/stage1/metrics.jsonl").read_text().splitlines()]
+    assert steps.count(1) == steps.count(2) == 1  # the restart resumed from the checkpoint, not from scratch
     assert set(straight) == set(crashed) == set(range(1, 7))
     for step in range(1, 7):
         assert crashed[step] == pytest.approx(straight[step], abs=1e-6), step
+    _check_final(tmp_path / "crashed", 1)
 
 
 def test_malformed_row_stops_the_job_before_workers_start(tiny_model, tmp_path):
@@ -124,3 +116,14 @@ def test_malformed_row_stops_the_job_before_workers_start(tiny_model, tmp_path):
     with pytest.raises(DataError, match=r"bad\.jsonl:2: missing field: 'positive'"):
         run_job_on_ray(job, stages=[1])
     assert not (tmp_path / "ray").exists() and not (tmp_path / "out" / "ray").exists()  # no trainer was created
+
+
+def test_too_long_instruction_stops_the_job_before_workers_start(tiny_model, tmp_path):
+    from nvembed.config import ConfigError
+    from nvembed.launch.trainer import run_job_on_ray
+
+    job = _job(tmp_path / "out", "stage1.run.query_max_length=6")  # the snli instruction alone is longer
+    with pytest.raises(ConfigError, match=r"stage1: dataset 'snli' \(queries\): the instruction takes \d+ tokens"):
+        run_job_on_ray(job, stages=[1])
+    assert not (tmp_path / "ray").exists() and not (tmp_path / "out" / "ray").exists()  # no trainer was created
+    assert not (tmp_path / "out" / "stage1" / "plan").exists()  # stopped before the step plan, too

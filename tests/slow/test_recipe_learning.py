@@ -9,6 +9,7 @@ the benchmark's report, and this machine's are noisy. The full table (stage 1, m
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +33,8 @@ def test_recipe_beats_base_minilm(tmp_path, shared_data):
         "--only",
         "latent2",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3500)
+    env = {**os.environ, "NVEMBED_DATA": shared_data}  # the config's data and the benchmark's eval folders
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "recipe" / "results.json").read_text())
     scores = result["scores"]["latent, after stage 2"]

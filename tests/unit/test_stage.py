@@ -20,7 +20,7 @@ def _cfg(model_dir, out, **run):
             "model": {"name_or_path": model_dir, "max_length": 64},
             "pooling": {"kind": "latent", "num_latents": 8, "num_heads": 2},
             "lora": {"enabled": True, "rank": 4, "alpha": 8, "dropout": 0.1},
-            "data": {"datasets": [{"name": "toy", "format": "triplets", "path": "unused"}]},
+            "data": {"datasets": [{"name": "toy", "task": "SciFact", "format": "triplets", "path": "unused"}]},
             "loss": {"temperature": 0.05},
             "optim": {"lr": 1e-3, "head_lr": 1e-3, "warmup_steps": 2},
             "run": {
@@ -52,7 +52,7 @@ def test_stop_and_resume_gives_the_same_losses(tiny_dir, tmp_path):
 
     first = run_stage(_cfg(tiny_dir, tmp_path / "b"), rows, stop_after=3, log=lambda _: None)
     assert first.final_model is None and len(first.history) == 3
-    assert (tmp_path / "b" / "checkpoints" / "step-3" / "trainable.safetensors").is_file()
+    assert (tmp_path / "b" / "checkpoints" / "step-3" / "engine" / "trainable.safetensors").is_file()
     second = run_stage(_cfg(tiny_dir, tmp_path / "b"), rows, log=lambda _: None)
     assert second.resumed_from == 3
     assert [m.step for m in second.history] == [4, 5, 6]

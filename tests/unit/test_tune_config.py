@@ -128,20 +128,24 @@ def test_concurrency_never_exceeds_the_machine():
 # ------------------------------------------------------------------------------------------------- dev objective
 
 
-def test_dev_data_must_not_be_an_mteb_test_split(shared_data):
+DEV = ROOT / "nvembed" / "resources" / "dev"  # the bundled dev slices (nvembed/resources/PROVENANCE.md)
+
+
+def test_dev_data_must_not_be_an_mteb_test_split(tmp_path):
     from nvembed.dev import check_dev_data
 
+    # judged by folder / file name, before anything is read: the folders need not exist
+    scifact = tmp_path / "scifact"
     with pytest.raises(ConfigError, match="test split of MTEB task SciFact"):
-        check_dev_data(DevConfig(retrieval=f"{shared_data}/scifact", retrieval_split="test"))
+        check_dev_data(DevConfig(retrieval=str(scifact), retrieval_split="test"))
     with pytest.raises(ConfigError, match="test split of MTEB task STSBenchmark"):
-        check_dev_data(DevConfig(sts=f"{shared_data}/stsbenchmark/test.jsonl"))
-    check_dev_data(DevConfig(retrieval=f"{shared_data}/scifact", retrieval_split="train"))
-    check_dev_data(DevConfig(retrieval=f"{shared_data}/cranfield", retrieval_split="test"))  # not an MTEB task
-    check_dev_data(DevConfig(sts=f"{shared_data}/stsbenchmark/dev.jsonl"))
+        check_dev_data(DevConfig(sts=str(ROOT / "nvembed/resources/eval/stsbenchmark/test.jsonl")))
+    check_dev_data(DevConfig(retrieval=str(scifact), retrieval_split="train"))
+    check_dev_data(DevConfig(retrieval=str(tmp_path / "cranfield"), retrieval_split="test"))  # not an MTEB task
+    check_dev_data(DevConfig(retrieval=str(DEV / "snli"), retrieval_split="dev"))  # not an MTEB task either
+    check_dev_data(DevConfig(sts=str(DEV / "stsbenchmark" / "dev.jsonl")))
     with pytest.raises(ConfigError, match="also trained or evaluated on"):
-        check_dev_data(
-            DevConfig(retrieval=f"{shared_data}/scifact", retrieval_split="train"), [f"{shared_data}/scifact"]
-        )
+        check_dev_data(DevConfig(retrieval=str(scifact), retrieval_split="train"), [str(scifact)])
 
 
 def test_ndcg_matches_a_hand_computation():
@@ -156,15 +160,22 @@ def test_ndcg_matches_a_hand_computation():
     assert got == pytest.approx(dcg / ideal, abs=1e-6)
 
 
-def test_dev_set_scores_are_deterministic_and_bounded(tiny_mistral_embedder, shared_data):
+def test_dev_set_scores_are_deterministic_and_bounded(tiny_mistral_embedder, tmp_path):
+    import shutil
+
+    from nvembed.data.readers import DataError
     from nvembed.dev import DevSet
 
+    snli = tmp_path / "snli"  # the bundled slice plus one empty document, as real collections have
+    shutil.copytree(DEV / "snli", snli)
+    lines = (snli / "corpus.jsonl").read_text().splitlines(keepends=True)
+    lines.insert(4, '{"_id": "empty", "title": "", "text": ""}\n')
+    (snli / "corpus.jsonl").write_text("".join(lines))
     dev = DevConfig(
-        retrieval=f"{shared_data}/cranfield",
-        retrieval_split="test",
+        retrieval=str(snli),
         max_queries=8,
         max_corpus=60,
-        sts=f"{shared_data}/stsbenchmark/dev.jsonl",
+        sts=str(DEV / "stsbenchmark" / "dev.jsonl"),
         max_sts_pairs=40,
         max_length=48,
         on_error="skip",
@@ -174,12 +185,9 @@ def test_dev_set_scores_are_deterministic_and_bounded(tiny_mistral_embedder, sha
     assert first == again
     assert 0 <= first["ndcg_at_10"] <= 100 and -100 <= first["sts_spearman"] <= 100
     assert first["objective"] == pytest.approx((first["ndcg_at_10"] + first["sts_spearman"]) / 2)
-    assert DevSet(dev).policy.skipped  # cranfield's empty abstract was counted, not silently dropped
-    strict = DevConfig(retrieval=f"{shared_data}/cranfield", retrieval_split="test")
-    from nvembed.data.readers import DataError
-
-    with pytest.raises(DataError, match=r"corpus.jsonl:471: empty text"):
-        DevSet(strict)
+    assert DevSet(dev).policy.skipped  # the empty document was counted, not silently dropped
+    with pytest.raises(DataError, match=r"corpus.jsonl:5: empty text"):
+        DevSet(DevConfig(retrieval=str(snli)))  # on_error: raise (the default) names file and line
 
 
 def test_env_default_in_configs(tmp_path, monkeypatch):
