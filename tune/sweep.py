@@ -22,7 +22,8 @@ from typing import Any
 
 import yaml
 
-from nvembed.config import ConfigError, to_dict
+from nvembed.config import ConfigError, apply_overrides, to_dict
+from nvembed.launch.storage import alive_nodes, check_shared_paths
 from tune.config import SweepConfig, load_base_job
 
 
@@ -171,6 +172,9 @@ def run_sweep(
     started = _init_ray(sweep, address)
     t0 = time.perf_counter()
     try:
+        # on a multi-node cluster every trial's paths must be shared, as for `nvembed train`: refuse before any trial
+        trial = apply_overrides(load_base_job(sweep), {"output_dir": str(out / "trials" / "trial")})
+        check_shared_paths(trial, alive_nodes(), sweep.stages)
         fn = worker_trial if sweep.resources.mode == "worker" else train_trial
         trainable = tune.with_parameters(fn, sweep_dict=to_dict(sweep), root=os.getcwd())
         demand = trial_demand(sweep)

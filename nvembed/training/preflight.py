@@ -26,6 +26,7 @@ from nvembed.data.schema import TrainingExample
 from nvembed.tokenization import InputBuilder
 
 _PROBE = "text"  # a plain word standing in for a text where none is at hand
+TEXTS_PER_INSTRUCTION = 256  # training texts checked per (instruction, side): enough to meet boundary merges
 
 
 def driver_input_builder(cfg: TrainConfig, tokenizer=None) -> InputBuilder:
@@ -56,8 +57,14 @@ def instruction_tokens(inputs: InputBuilder, instruction: str, text: str = _PROB
     return starts[0] - len(inputs.prefix_ids)
 
 
-def check_fits(inputs: InputBuilder, instruction: str | None, text: str, max_length: int, key: str, what: str) -> None:
-    """Raise :class:`ConfigError` unless ``instruction`` + at least one token of ``text`` fit ``max_length``.
+def check_fits(
+    inputs: InputBuilder, instruction: str | None, texts: str | Sequence[str], max_length: int, key: str, what: str
+) -> None:
+    """Raise :class:`ConfigError` unless ``instruction`` + at least one token of each text fit ``max_length``.
+
+    Several texts, because the instruction's share depends on the text: a token merged across the boundary (the
+    space after ``Query:`` joins the text's first word) counts as text, so one text may keep a token where
+    another keeps none (a dev STS pair failed on a worker this way although the first pair fitted).
 
     Args:
         key: the config key of ``max_length`` (named in the message).
@@ -68,14 +75,27 @@ def check_fits(inputs: InputBuilder, instruction: str | None, text: str, max_len
         raise ConfigError(f"{key}={max_length} leaves no room for text next to the {specials} special tokens")
     if not instruction:
         return
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    prefix = inputs.format_instruction(instruction)
     try:
-        inputs.tokenize([text], inputs.format_instruction(instruction), max_length)  # what a worker would run
+        inputs.tokenize(texts, prefix, max_length)  # what a worker would run, all texts in one call
+        return
     except ValueError:
-        n = instruction_tokens(inputs, instruction, text)
-        raise ConfigError(
-            f"{what}: the instruction takes {n} tokens (+{specials} special) of {key}={max_length}, leaving no room "
-            f"for the text; raise {key} to at least {n + specials + 1} or shorten the instruction: {instruction!r}"
-        ) from None
+        text = next(t for t in texts if not _fits(inputs, t, prefix, max_length))
+    n = instruction_tokens(inputs, instruction, text)
+    raise ConfigError(
+        f"{what}: the instruction takes {n} tokens (+{specials} special) of {key}={max_length}, leaving no room "
+        f"for the text {text[:60]!r}; raise {key} to at least {n + specials + 1} or shorten the instruction: "
+        f"{instruction!r}"
+    )
+
+
+def _fits(inputs: InputBuilder, text: str, prefix: str, max_length: int) -> bool:
+    try:
+        inputs.tokenize([text], prefix, max_length)
+    except ValueError:
+        return False
+    return True
 
 
 def _stage(cfg: TrainConfig) -> str:
@@ -114,13 +134,15 @@ def check_stage_inputs(
     inputs = inputs or driver_input_builder(cfg, tokenizer)
     stage = _stage(cfg)
     # one check per distinct (instruction, side); the first row that uses it supplies the text
-    seen: dict[tuple[str, str | None], tuple[str, list[str]]] = {}
+    seen: dict[tuple[str, str | None], tuple[list[str], list[str]]] = {}
     for name, examples in rows.items():
         for r in examples:
             for side, instruction, text in (("query", r.instruction, r.query), ("doc", r.doc_instruction, r.positive)):
-                entry = seen.setdefault((side, instruction), (text, []))
-                if name not in entry[1]:
-                    entry[1].append(name)
+                texts, names = seen.setdefault((side, instruction), ([], []))
+                if len(texts) < TEXTS_PER_INSTRUCTION:
+                    texts.append(text)
+                if name not in names:
+                    names.append(name)
     limits = {"query": ("query_max_length", "queries"), "doc": ("doc_max_length", "documents")}
     for key, _ in limits.values():  # the special tokens alone must fit, with or without an instruction
         check_fits(inputs, None, _PROBE, getattr(cfg.run, key), f"{stage}.run.{key}", "")
@@ -141,10 +163,10 @@ def check_dev_inputs(cfg: TrainConfig, inputs: InputBuilder) -> None:
     check_dev_data(dev, [d.path for d in cfg.data.datasets], cfg.data.decontaminate)
     loaded = DevSet(dev, seed=0)  # reads and validates every dev file, resolves the dev instructions
     parts = []
-    if loaded.retrieval is not None and loaded.retrieval.queries:
-        parts.append(("dev.retrieval", loaded.retrieval.instruction, loaded.retrieval.queries[0]))
+    if loaded.retrieval is not None and loaded.retrieval.queries:  # every dev text: a dev slice is small
+        parts.append(("dev.retrieval", loaded.retrieval.instruction, loaded.retrieval.queries))
     if loaded.sts is not None and loaded.sts.left:
-        parts.append(("dev.sts", loaded.sts.instruction, loaded.sts.left[0]))
+        parts.append(("dev.sts", loaded.sts.instruction, loaded.sts.left + loaded.sts.right))
     check_fits(inputs, None, _PROBE, dev.max_length, "dev.max_length", "")
     for key, instruction, text in parts:
         check_fits(inputs, instruction, text, dev.max_length, "dev.max_length", f"{key} ({getattr(dev, key[4:])})")

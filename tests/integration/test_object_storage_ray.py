@@ -144,6 +144,7 @@ def test_killed_worker_restores_from_object_store_checkpoint(straight, s3, tmp_p
         _check_exported(run)
 
 
+@pytest.mark.slow  # the killed-worker test above covers restore from the store in the default run
 def test_stopped_job_resumes_from_object_store(straight, s3, tmp_path):
     """No failure budget: the kill stops the job; the same job started again continues from the store's checkpoint
     (a new driver: what a resubmitted RayJob does), not from step 0."""

@@ -22,6 +22,7 @@ import torch
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN = "nvembed/resources/train"
+DEV_STS = "nvembed/resources/dev/stsbenchmark/dev.jsonl"  # STS-B validation slice (never its test split)
 SHIPPED = sorted(str(p.relative_to(ROOT)) for d in ("jobs/configs", "tune/configs") for p in (ROOT / d).glob("*.yaml"))
 
 # config -> the test that runs it in shape (module::function)
@@ -89,7 +90,7 @@ def _initial_trainable(config: str, overrides: list[str], stage: int = 1) -> dic
     return {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _mistral7b_overrides(out: Path, engine: str) -> list[str]:
+def _mistral7b_overrides(out: Path, engine: str, dev: bool = True) -> list[str]:
     small = f"{{name: snli, format: triplets, path: {TRAIN}/snli_triplets.jsonl, max_rows: 200}}"
     sts = f"{{name: stsbenchmark, format: sts, path: {TRAIN}/stsb_train.jsonl, max_rows: 200, mine_negatives: true}}"
     ov = [
@@ -110,6 +111,8 @@ def _mistral7b_overrides(out: Path, engine: str) -> list[str]:
         f"stage1.data.datasets=[{small}]",
         f"stage2.data.datasets=[{small}, {sts}]",
     ]
+    if dev:  # dev metrics between steps: under ZeRO-3 every rank's forward takes part (tiny STS-B dev slice)
+        ov.append(f"dev={{every: 2, sts: {DEV_STS}, max_sts_pairs: 16, max_length: 64, batch_size: 16}}")
     for n in (1, 2):
         ov += [
             f"stage{n}.data.mining.teacher=tiny:mistral",
@@ -144,9 +147,12 @@ def test_mistral7b_recipe_ddp_and_zero3_bf16(tmp_path):
         for step1 in (ddp_step1[name], ds_step1[name]):
             assert step1.dtype == torch.float32
             assert not torch.equal(step1, start), name  # lora_A at step 1: by weight decay only (B = 0)
-        # both engines took the same step (bf16 forward; the update is ~lr per element)
-        gap = (ddp_step1[name] - ds_step1[name].detach()).abs().max()
-        assert gap < 2e-5 + 1e-2 * start.abs().max(), (name, float(gap))
+        # both engines took the same step: Adam's first update is -lr * sign(grad) (+ weight decay), so compare its
+        # direction; bf16 noise flips the sign of a few near-zero gradient elements
+        ddp_update = (ddp_step1[name] - start).flatten()
+        ds_update = (ds_step1[name].detach() - start).flatten()
+        agree = torch.nn.functional.cosine_similarity(ddp_update, ds_update, dim=0)
+        assert agree > 0.9, (name, float(agree))
 
     for stage in (1, 2):
         ddp, ds = _losses(runs["ddp"], stage), _losses(runs["deepspeed"], stage)
@@ -159,6 +165,9 @@ def test_mistral7b_recipe_ddp_and_zero3_bf16(tmp_path):
         assert (final / "adapter").is_dir() and not (final / "model.safetensors").exists()  # base never gathered
         part = json.loads((runs["deepspeed"] / f"stage{stage}" / "zero_partition.json").read_text())
         assert part["local_numel"] < part["full_numel"] / 1.5, part  # ZeRO-3 really partitions (about half each)
+        for run in runs.values():  # dev metrics at step 2 (between steps) and at the last step, on both engines
+            dev = [json.loads(x) for x in (run / f"stage{stage}" / "dev.jsonl").read_text().splitlines()]
+            assert [d["step"] for d in dev] == [2, 3] and all(-100 <= d["sts_spearman"] <= 100 for d in dev), dev
 
 
 def test_smoke_cpu_ray_path_equals_local_path(tmp_path, monkeypatch):
@@ -210,7 +219,8 @@ def test_quickstart_in_shape(tmp_path):
 
 def test_minilm_recipe_in_shape(tmp_path):
     """The real-data recipe's own settings (bf16 autocast, full fine-tuning, latent head, mining, decontamination)
-    on bundled slices instead of ``$NVEMBED_DATA``."""
+    on bundled slices instead of ``$NVEMBED_DATA``, with ``nvembed train --local`` (one process: its scaling is one
+    worker, and its benchmark runs it so)."""
     stage1 = f"[{{name: snli, format: triplets, path: {TRAIN}/snli_triplets.jsonl, max_rows: 300}}]"
     stage2 = (
         f"[{{name: stsbenchmark, format: sts, path: {TRAIN}/stsb_train.jsonl, mine_negatives: true, max_rows: 300}},"
@@ -225,7 +235,7 @@ def test_minilm_recipe_in_shape(tmp_path):
             f"stage{n}.run.batch_size=8",
             f"stage{n}.run.checkpoint_every=0",
         ]
-    _train("jobs/configs/minilm_recipe.yaml", *overrides)
+    _train("jobs/configs/minilm_recipe.yaml", *overrides, local=True)  # as benchmarks/minilm_recipe.py runs it
     for stage in (1, 2):
         assert len(_losses(tmp_path / "run", stage)) == 2
         _check_reload(tmp_path / "run", stage, atol=1e-5)
@@ -234,17 +244,11 @@ def test_minilm_recipe_in_shape(tmp_path):
 def test_mistral7b_sweep_in_shape(tmp_path):
     """``nvembed tune tune/configs/mistral7b_gpu.yaml``: Ray-Train trials of the 7B job (ZeRO-3, bf16, LoRA) with
     dev metrics as the objective; one point of the space, 2 CPU workers, 3 steps."""
-    sets = [f"set.{o}" for o in _mistral7b_overrides(tmp_path / "job", "deepspeed") if not o.startswith("stage2")]
-    dev_sts = "nvembed/resources/dev/stsbenchmark/dev.jsonl"
+    job = _mistral7b_overrides(tmp_path / "job", "deepspeed", dev=False)
+    sets = [f"set.{o}" for o in job if not o.startswith("stage2")]
     sets += [
         "set.stage1.run.checkpoint_every=3",
-        "set.dev.every=3",
-        f"set.dev.sts={dev_sts}",
-        "set.dev.retrieval=null",
-        "set.dev.retrieval_weight=0",
-        "set.dev.max_sts_pairs=32",
-        "set.dev.max_length=32",
-        "set.dev.batch_size=16",
+        f"set.dev={{every: 3, sts: {DEV_STS}, retrieval_weight: 0, max_sts_pairs: 32, max_length: 64, batch_size: 16}}",
     ]
     args = [
         "tune",

@@ -56,28 +56,7 @@ def _check_final(out: Path, stage: int) -> None:
     assert (out / f"stage{stage}" / "loss.png").is_file()
 
 
-def test_zero3_two_workers_really_partitioned(tiny_model, tmp_path):
-    from nvembed.launch.trainer import run_job_on_ray
-
-    job = _job(
-        tmp_path,
-        "scaling.engine=deepspeed",
-        "deepspeed.param_persistence_threshold=0",
-        "stage1.run.max_steps=3",
-        "stage2.run.max_steps=2",
-        # dev metrics on every rank (a ZeRO-3 forward needs all of them), from a relative path
-        "dev={every: 2, sts: nvembed/resources/dev/stsbenchmark/dev.jsonl, max_sts_pairs: 16, max_length: 32}",
-    )
-    run_job_on_ray(job)
-    for stage, steps in ((1, [2, 3]), (2, [2])):
-        part = json.loads((tmp_path / f"stage{stage}" / "zero_partition.json").read_text())
-        assert part["local_numel"] < part["full_numel"] / 1.5, part  # each rank holds about half
-        _check_final(tmp_path, stage)
-        dev = [json.loads(x) for x in (tmp_path / f"stage{stage}" / "dev.jsonl").read_text().splitlines()]
-        assert [d["step"] for d in dev] == steps
-        assert all(-100 <= d["sts_spearman"] <= 100 and d["objective"] == d["sts_spearman"] for d in dev)
-
-
+@pytest.mark.slow  # the same kill and restore runs by default on object storage (test_object_storage_ray.py)
 def test_killed_worker_restarts_from_checkpoint_with_identical_losses(tiny_model, tmp_path):
     """Also runs on very uneven datasets (3 rows next to 2,000): every rank still runs every step (no hang)."""
     from nvembed.launch.trainer import run_job_on_ray

@@ -96,6 +96,7 @@ def _kill_session(proc: subprocess.Popen) -> None:
             pass
 
 
+@pytest.mark.slow  # 1.5 min; the default run keeps the smoke sweep (tests/integration/test_shipped_configs_train.py)
 def test_killed_sweep_resumes_without_rerunning_finished_trials(env, tmp_path):
     out = tmp_path / "sweep"
     args = ["tune", "tune/configs/smoke.yaml", "--set", f"output_dir={out}", "--set", "resources.max_concurrent=1"]

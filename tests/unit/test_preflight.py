@@ -134,14 +134,16 @@ def test_encoder_counts_its_own_specials(minilm):
 
 
 def test_local_job_stops_before_training(tiny_dir, tmp_path, monkeypatch):
-    """``nvembed train --local`` runs the same checks between building rows and the first step."""
+    """``nvembed train --local`` (and Tune's worker trials, which call ``run_stage`` too) run the same checks
+    between building rows and building the model."""
     import nvembed.training.job as job_module
+    import nvembed.training.stage as stage_module
     from nvembed.config import JobConfig, load_yaml
 
-    def no_training(*args, **kwargs):
-        raise AssertionError("run_stage must not start")
+    def no_model(*args, **kwargs):
+        raise AssertionError("no model may be built")
 
-    monkeypatch.setattr(job_module, "run_stage", no_training)
+    monkeypatch.setattr(stage_module, "build_stage_embedder", no_model)
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("NVEMBED_TINY_MODEL", tiny_dir)
     job = load_yaml(
@@ -149,3 +151,26 @@ def test_local_job_stops_before_training(tiny_dir, tmp_path, monkeypatch):
     )
     with pytest.raises(ConfigError, match=r"stage1: dataset 'snli' \(queries\).*query_max_length=6"):
         job_module.run_job_locally(job, stages=[1], log=lambda _: None)
+
+
+def test_every_dev_text_is_checked_not_only_the_first(monkeypatch):
+    """With the tiny tokenizer the STS instruction leaves room for the first dev pair at dev.max_length=32, not for a
+    later one whose first character joins the boundary token: a Tune trial failed on its workers that way."""
+    from nvembed.config import JobConfig, load_yaml
+
+    monkeypatch.chdir(ROOT)
+    dev = "{every: 3, sts: nvembed/resources/dev/stsbenchmark/dev.jsonl, max_sts_pairs: 32, max_length: 32}"
+    job = load_yaml(
+        "jobs/configs/nvembed_v2_mistral7b.yaml",
+        JobConfig,
+        [
+            "model.name_or_path=tiny:mistral",
+            "output_dir=/nonexistent/unused",
+            f"dev={dev}",
+            "stage1.data.datasets=[{name: snli, format: triplets, path: nvembed/resources/train/snli_triplets.jsonl}]",
+        ],
+    )
+    cfg = job.stage_config(1)
+    rows = {"snli": [_row(query="a cat")]}
+    with pytest.raises(ConfigError, match=r"dev.sts .*dev.max_length=32, leaving no room for the text '‘Nelson"):
+        check_stage_inputs(cfg, rows)
