@@ -35,6 +35,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--set", action="append", default=[], help="extra overrides, e.g. stage1.run.autocast=off")
     args = parser.parse_args()
     os.chdir(ROOT)
     with tempfile.TemporaryDirectory() as tmp:
@@ -44,6 +45,7 @@ def main() -> None:
             "scaling.num_workers=1",
             "scaling.cpus_per_worker=2",
             "stage1.run.log_every=0",
+            *args.set,
         ]
         walls = {}
         t0 = time.perf_counter()
@@ -70,7 +72,8 @@ def main() -> None:
             statistics.median(ray[half:]),
         ),
     }
-    print(f"MiniLM + latent head, batch 32 x (1 + 1), {args.steps} steps; median seconds per step\n")
+    extra = f", {' '.join(args.set)}" if args.set else ""
+    print(f"MiniLM + latent head, batch 32 x (1 + 1), {args.steps} steps{extra}; median seconds per step\n")
     print("| steps | plain loop | Ray Train, 1 worker | Ray / plain |\n|---|---|---|---|")
     for name, (p, r) in rows.items():
         print(f"| {name} | {p:.3f} | {r:.3f} | {r / p:.2f}x |")
