@@ -3,7 +3,8 @@
 Each YAML under ``jobs/configs/`` and ``tune/configs/`` is loaded unchanged; a run overrides only model size (a tiny
 model), data (small files the repository ships), step counts and scaling (2 CPU workers). Everything else (dtype,
 engine, ZeRO stage, LoRA, GradCache, dev settings) is the config's own. ``IN_SHAPE`` names the test that runs each
-config; a new YAML without an entry fails ``test_every_shipped_config_runs_in_shape``.
+config; a new YAML without an entry fails ``test_every_shipped_config_runs_in_shape``. Two of the runs (the
+quickstart's and the 7B sweep's) are ``slow`` to keep the default run near 15 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -189,6 +190,7 @@ def test_smoke_cpu_ray_path_equals_local_path(tmp_path, monkeypatch):
     assert stage2["config"]["lora"]["enabled"]
 
 
+@pytest.mark.slow  # 2 min; keeps the default run near 15 min (make test-slow runs it)
 def test_quickstart_in_shape(tmp_path):
     """The quickstart (MiniLM, latent head, 2 DDP workers, both stages, then evaluation) on fewer steps and rows,
     evaluated on a tiny local STS task."""
@@ -241,6 +243,7 @@ def test_minilm_recipe_in_shape(tmp_path):
         _check_reload(tmp_path / "run", stage, atol=1e-5)
 
 
+@pytest.mark.slow  # 1.2 min; keeps the default run near 15 min (make test-slow runs it)
 def test_mistral7b_sweep_in_shape(tmp_path):
     """``nvembed tune tune/configs/mistral7b_gpu.yaml``: Ray-Train trials of the 7B job (ZeRO-3, bf16, LoRA) with
     dev metrics as the objective; one point of the space, 2 CPU workers, 3 steps."""
