@@ -95,7 +95,7 @@ class LatentAttentionPooling(nn.Module):
         normalize: L2-normalise the pooled output (``output_normalize=True`` in the release).
         zero_init_residual: zero the two output projections (``to_out`` and the FF's second linear) so that both
             blocks start as the identity and a freshly added head starts exactly at mean pooling. Not in the
-            paper; ``../shared/CALIBRATION.md`` measured it helping on a pretrained MiniLM. Off by default.
+            paper; it helped a pretrained MiniLM in our calibration runs. Off by default.
     """
 
     def __init__(
@@ -142,8 +142,9 @@ class LatentAttentionPooling(nn.Module):
         return F.normalize(pooled, p=2, dim=-1) if self.normalize else pooled
 
 
-class MeanPooling(nn.Module):
-    """Masked mean over the pool mask (the ablation baseline of spec §4.2, and sentence-transformers' default)."""
+class _TokenPooling(nn.Module):
+    """A parameter-free pooling of token states, L2-normalised when ``normalize``; subclasses define
+    ``pool(hidden, pool_mask, attention_mask) -> [B, D]``."""
 
     def __init__(self, hidden_size: int, normalize: bool = True) -> None:
         super().__init__()
@@ -157,50 +158,33 @@ class MeanPooling(nn.Module):
     def forward(
         self, hidden: torch.Tensor, pool_mask: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        pooled = masked_mean(hidden, pool_mask)  # [B, D]
+        pooled = self.pool(hidden, pool_mask, attention_mask)  # [B, D]
         return F.normalize(pooled, p=2, dim=-1) if self.normalize else pooled
 
 
-class LastTokenPooling(nn.Module):
+class MeanPooling(_TokenPooling):
+    """Masked mean over the pool mask (the ablation baseline of spec §4.2, and sentence-transformers' default)."""
+
+    def pool(self, hidden, pool_mask, attention_mask):
+        return masked_mean(hidden, pool_mask)  # [B, D]
+
+
+class LastTokenPooling(_TokenPooling):
     """State of the last real token (the appended EOS for decoders), as E5-Mistral; needs right padding."""
 
-    def __init__(self, hidden_size: int, normalize: bool = True) -> None:
-        super().__init__()
-        self.hidden_size = hidden_size
-        self.normalize = normalize
-
-    @property
-    def output_dim(self) -> int:
-        return self.hidden_size
-
-    def forward(
-        self, hidden: torch.Tensor, pool_mask: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def pool(self, hidden, pool_mask, attention_mask):
         if attention_mask is None:
             raise ValueError("last-token pooling needs the attention mask to find the last real token")
         last = attention_mask.long().sum(dim=1) - 1  # [B]
-        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [B, D]
-        return F.normalize(pooled, p=2, dim=-1) if self.normalize else pooled
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [B, D]
 
 
-class ClsPooling(nn.Module):
+class ClsPooling(_TokenPooling):
     """State of the first token ([CLS] of BERT-style encoders): sentence-transformers' ``cls`` pooling mode.
 
     Position 0 is the tokenizer's leading special even when an instruction follows it (the pool mask is not
     used: [CLS] attends to the whole input, instruction included, which is what a CLS-trained model expects).
     """
 
-    def __init__(self, hidden_size: int, normalize: bool = True) -> None:
-        super().__init__()
-        self.hidden_size = hidden_size
-        self.normalize = normalize
-
-    @property
-    def output_dim(self) -> int:
-        return self.hidden_size
-
-    def forward(
-        self, hidden: torch.Tensor, pool_mask: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        pooled = hidden[:, 0]  # [B, D]; right padding, so position 0 is always a real token
-        return F.normalize(pooled, p=2, dim=-1) if self.normalize else pooled
+    def pool(self, hidden, pool_mask, attention_mask):
+        return hidden[:, 0]  # [B, D]; right padding, so position 0 is always a real token

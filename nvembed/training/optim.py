@@ -16,7 +16,7 @@ def build_optimizer(
     """AdamW over trainable parameters; biases and norms get no weight decay; ``pooler.*`` may use ``head_lr``.
 
     A freshly initialised latent-attention head on a pretrained backbone adapts much faster at a higher rate
-    (``../shared/CALIBRATION.md``); ``head_lr=None`` uses ``lr`` for everything.
+    (measured in our calibration runs on MiniLM); ``head_lr=None`` uses ``lr`` for everything.
     """
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():

@@ -28,8 +28,6 @@ from nvembed.training.optim import build_optimizer, linear_warmup_decay
 from nvembed.training.precision import Precision, cast_trainable, check_optimizer_dtypes, resolve_precision
 from nvembed.training.preflight import check_stage_inputs
 
-__all__ = ["StageResult", "run_stage"]
-
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
