@@ -4,8 +4,7 @@ Instruction placement (spec §3): retrieval and reranking put the task instructi
 (QuoraRetrieval on both); every other task type (mteb passes ``prompt_type=None``) encodes every text with it.
 
 The :class:`ModelMeta` name and revision change with the checkpoint's contents **and** with the instruction set,
-so mteb's result cache never silently serves a result computed under another configuration
-(``../shared/MTEB_OFFLINE.md`` §7).
+so mteb's result cache never silently serves a result computed under another configuration.
 """
 
 from __future__ import annotations
@@ -29,6 +28,28 @@ TYPE_FALLBACK = {
     "Classification": "Classify the given text",
     "Clustering": "Identify the topic or theme of the given text",
 }
+
+
+def task_instruction(
+    task_name: str, task_type: str, prompt_type: PromptType | None, overrides: dict[str, str] | None = None
+) -> str | None:
+    """The instruction an nvembed model gets for one side of a task: ``None`` for retrieval/reranking documents.
+
+    A pure function of names (no model), so the driver can key the embedding cache the way an actor encodes.
+    """
+    overrides = overrides or {}
+    if task_name in overrides:
+        text, documents = overrides[task_name], task_type not in ("Retrieval", "Reranking")
+    else:
+        try:
+            entry = get_instruction(task_name)
+            text, documents = entry.instruction, entry.documents
+        except UnknownTaskError:
+            text = TYPE_FALLBACK.get(task_type, TYPE_FALLBACK["Retrieval"])
+            documents = task_type not in ("Retrieval", "Reranking")
+    if prompt_type == PromptType.document and not documents:
+        return None
+    return text
 
 
 def folder_fingerprint(path: str | Path) -> str:
@@ -95,6 +116,8 @@ class NVEmbedEncoder(AbsEncoder):
         revision: default ``<weights fingerprint>-<instruction fingerprint>``.
         instructions: task name -> instruction overrides (otherwise the registry, then a per-type fallback).
         max_length: token cap at evaluation (NV-Embed evaluated at 512).
+        batch_tokens: padded tokens per forward pass (``Embedder.encode(batch_tokens=)``); ``None``: mteb's
+            ``batch_size``.
     """
 
     def __init__(
@@ -105,8 +128,10 @@ class NVEmbedEncoder(AbsEncoder):
         instructions: dict[str, str] | None = None,
         max_length: int = 512,
         source: str | None = None,
+        batch_tokens: int | None = None,
     ) -> None:
         self.model = embedder
+        self.batch_tokens = batch_tokens
         self.instructions = dict(instructions or {})
         self.max_length = max_length
         folder = source or embedder.config.model.name_or_path
@@ -118,18 +143,7 @@ class NVEmbedEncoder(AbsEncoder):
         self.calls: list[tuple[str, str | None, int]] = []  # (task, prompt type, n texts), for tests and logs
 
     def instruction(self, task_name: str, task_type: str, prompt_type: PromptType | None) -> str | None:
-        if task_name in self.instructions:
-            text, documents = self.instructions[task_name], task_type not in ("Retrieval", "Reranking")
-        else:
-            try:
-                entry = get_instruction(task_name)
-                text, documents = entry.instruction, entry.documents
-            except UnknownTaskError:
-                text = TYPE_FALLBACK.get(task_type, TYPE_FALLBACK["Retrieval"])
-                documents = task_type not in ("Retrieval", "Reranking")
-        if prompt_type == PromptType.document and not documents:
-            return None
-        return text
+        return task_instruction(task_name, task_type, prompt_type, self.instructions)
 
     def encode(self, inputs, *, task_metadata, hf_split: str, hf_subset: str, prompt_type=None, **kwargs: Any):
         texts = [t for batch in inputs for t in batch["text"]]
@@ -142,4 +156,5 @@ class NVEmbedEncoder(AbsEncoder):
             batch_size=int(kwargs.get("batch_size", 32)),
             max_length=self.max_length,
             show_progress=bool(kwargs.get("show_progress_bar", False)),
+            batch_tokens=self.batch_tokens,
         )

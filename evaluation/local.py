@@ -46,6 +46,17 @@ def _first_row(path: Path) -> dict:
     raise LocalDataError(f"{path}: empty file")
 
 
+def _fingerprint(files: list[Path]) -> str:
+    """Resolved path, size and mtime of each file: changes when any source file does."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for f in files:
+        stat = f.resolve().stat()
+        h.update(f"{f.resolve()}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:12]
+
+
 def _materialise_beir(src: Path, split: str, work: Path) -> Path:
     for name in ("corpus.jsonl", "queries.jsonl", f"qrels/{split}.tsv"):
         if not (src / name).is_file():
@@ -57,14 +68,19 @@ def _materialise_beir(src: Path, split: str, work: Path) -> Path:
         missing = keys - set(_first_row(src / name))
         if missing:
             raise LocalDataError(f"{src / name}: first row lacks {sorted(missing)}")
+    # `datasets` keys its cache of a folder by the README's config text, not by the files it names: link names
+    # carry the sources' fingerprint, or a second folder for the same task would load the first one's rows
+    # (docs/bugs.md, 2026-12-01)
+    fp = _fingerprint([src / "corpus.jsonl", src / "queries.jsonl", src / "qrels" / f"{split}.tsv"])
+    work = work / fp
     work.mkdir(parents=True, exist_ok=True)
-    for name in ("corpus.jsonl", "queries.jsonl"):
-        link = work / name
+    for name in ("corpus", "queries"):
+        link = work / f"{name}-{fp}.jsonl"
         if not link.exists():
-            os.symlink((src / name).resolve(), link)
+            os.symlink((src / f"{name}.jsonl").resolve(), link)
     # qrels as JSONL: `datasets` picks one builder for the whole repo from the file extensions, so a .tsv next
     # to .jsonl files would be parsed as JSON
-    qrels = work / f"qrels-{split}.jsonl"
+    qrels = work / f"qrels-{split}-{fp}.jsonl"
     with open(src / "qrels" / f"{split}.tsv", encoding="utf-8") as fh, open(qrels, "w", encoding="utf-8") as out:
         for i, line in enumerate(fh, start=1):
             cols = line.rstrip("\n").split("\t")
@@ -75,9 +91,9 @@ def _materialise_beir(src: Path, split: str, work: Path) -> Path:
             out.write(json.dumps({"query-id": cols[0], "corpus-id": cols[1], "score": int(float(cols[2]))}) + "\n")
     (work / "README.md").write_text(
         "---\nconfigs:\n"
-        "- config_name: corpus\n  data_files:\n  - split: corpus\n    path: corpus.jsonl\n"
-        "- config_name: queries\n  data_files:\n  - split: queries\n    path: queries.jsonl\n"
-        f"- config_name: default\n  data_files:\n  - split: {split}\n    path: qrels-{split}.jsonl\n"
+        f"- config_name: corpus\n  data_files:\n  - split: corpus\n    path: corpus-{fp}.jsonl\n"
+        f"- config_name: queries\n  data_files:\n  - split: queries\n    path: queries-{fp}.jsonl\n"
+        f"- config_name: default\n  data_files:\n  - split: {split}\n    path: qrels-{split}-{fp}.jsonl\n"
         "---\nLocal copy materialised by nvembed for mteb.\n"
     )
     return work

@@ -46,12 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task-data", action="append", default=[], metavar="TASK=DIR", help="run TASK on a local folder")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--address", default=None, help="Ray address (default: start a local Ray)")
-    p.add_argument("--output", required=True, help="results folder (mteb layout) and report")
+    p.add_argument("--output", required=True, help="results folder (mteb layout), embedding cache, errors, report")
     p.add_argument("--retries", type=int, default=1, help="retries per failing work item")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=None, help="texts per forward pass (default: by --batch-tokens)")
+    p.add_argument("--batch-tokens", type=int, default=16384, help="padded tokens per forward pass")
     p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--cpus-per-worker", type=float, default=1)
-    p.add_argument("--gpus-per-worker", type=float, default=0)
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU actors, as stored on CPU) | float32 | bfloat16")
+    p.add_argument("--no-merge-lora", action="store_true", help="encode with LoRA unmerged (default: merged)")
+    p.add_argument("--shard-docs", type=int, default=1000, help="smallest retrieval-corpus shard, in documents")
+    p.add_argument("--cpus-per-worker", type=float, default=1, help="logical CPUs (= torch threads) per actor")
+    p.add_argument("--gpus-per-worker", type=float, default=None, help="default: 1 when the cluster has GPUs, else 0")
     p.add_argument("--baseline", action="store_true", help="treat --model as a plain sentence-transformers model")
     p.add_argument("--compare", action="append", default=[], metavar="LABEL=DIR", help="another mteb results folder")
     p.set_defaults(func=_evaluate)
@@ -71,31 +75,38 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
 def _evaluate(args: argparse.Namespace) -> int:
     from evaluation.local import LocalDataError
     from evaluation.report import write_report
+    from evaluation.request import EvalRequest, Resources
     from evaluation.runner import resolve_tasks, run_evaluation
 
     task_data = _pairs(args.task_data, "--task-data")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     try:
-        outcome = run_evaluation(
-            args.model,
-            args.output,
+        request = EvalRequest(
+            model=args.model,
+            output=args.output,
             tasks=tasks,
-            benchmark=args.benchmark,
+            benchmark=args.benchmark or "MTEB(eng, v1)",
             task_data=task_data,
-            workers=args.workers,
-            address=args.address,
-            retries=args.retries,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            cpus_per_worker=args.cpus_per_worker,
-            gpus_per_worker=args.gpus_per_worker,
             baseline=True if args.baseline else None,
+            max_length=args.max_length,
+            batch_size=args.batch_size,
+            batch_tokens=args.batch_tokens,
+            dtype=args.dtype,
+            merge_lora=not args.no_merge_lora,
+            shard_docs=args.shard_docs,
+            resources=Resources(
+                workers=args.workers,
+                cpus_per_worker=args.cpus_per_worker,
+                gpus_per_worker=args.gpus_per_worker,
+                address=args.address,
+                retries=args.retries,
+            ),
         )
+        outcome = run_evaluation(request)
     except (LocalDataError, ValueError) as err:
         print(f"nvembed evaluate: {err}", file=sys.stderr)
         return 2
-    names = tasks if tasks is not None else (list(task_data) if task_data else None)
-    types = {t.metadata.name: t.metadata.type for t in resolve_tasks(args.benchmark, names)}
+    types = {t.metadata.name: t.metadata.type for t in resolve_tasks(request.benchmark, request.task_names)}
     name = outcome.results_dir.parent.name if outcome.results_dir else args.model
     paths = write_report(args.output, name, outcome.scores, types, outcome.failed, _pairs(args.compare, "--compare"))
     print(paths["md"].read_text())

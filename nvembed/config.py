@@ -364,11 +364,14 @@ class EvaluationConfig:
     """MTEB evaluation of the job's final model (``nvembed evaluate`` with these settings)."""
 
     tasks: dict[str, str] = field(default_factory=dict)  # mteb task -> local data folder ("" = the task's Hub data)
+    benchmark: str = "MTEB(eng, v1)"  # whose task objects (subset/split restrictions) are used
     workers: int = 2  # Ray actors
-    cpus_per_worker: float = 1.0  # logical CPUs per actor
-    gpus_per_worker: float = 0.0  # GPUs per actor on a cluster
+    cpus_per_worker: float = 1.0  # logical CPUs per actor (= its torch threads)
+    gpus_per_worker: float | None = None  # None: 1 per actor when the cluster has GPUs, else 0
     max_length: int = 512  # token cap
-    batch_size: int = 32  # encode batch
+    batch_size: int | None = None  # texts per forward pass; None: by batch_tokens
+    batch_tokens: int = 16384  # padded tokens per forward pass when batch_size is None
+    shard_docs: int = 1000  # smallest retrieval-corpus shard (a corpus under two shards is one whole task)
     baseline: str | None = None  # also evaluate this model (e.g. the untrained backbone) for comparison
 
 

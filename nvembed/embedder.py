@@ -26,7 +26,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -470,6 +470,7 @@ class Embedder:
         *,
         prompt_name: str | None = None,
         prompt: str | None = None,
+        batch_tokens: int | None = None,
     ) -> np.ndarray:
         """Embed texts; returns float32 ``[n, d]`` rows in input order.
 
@@ -488,6 +489,9 @@ class Embedder:
                 ``SentenceTransformer.encode(prompt_name=...)`` does; pooled when ``pool_prompts``.
             prompt: a raw prompt string, as ST's ``prompt=``. Without instruction, prompt_name and prompt, the
                 folder's ``default_prompt_name`` applies (none for most models).
+            batch_tokens: padded tokens per forward pass instead of a fixed count: batches of short texts grow
+                (up to ``batch_tokens // shortest``), batches of long ones shrink; ``batch_size`` then only sets the
+                tokenisation chunk. What a GPU wants: its memory is bounded by tokens, not by texts.
 
         Raises:
             TypeError / ValueError: empty input, a non-string item, or an empty string (the message gives its index);
@@ -497,24 +501,47 @@ class Embedder:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         max_length = max_length or self.config.model.max_length
+        if batch_tokens is not None and batch_tokens < 1:
+            raise ValueError(f"batch_tokens must be >= 1, got {batch_tokens}")
         if instruction is not None and (prompt_name is not None or prompt is not None):
             raise ValueError("give an instruction (nvembed template) or a prompt (raw prefix), not both")
         if instruction is None:
             raw = self.resolve_prompt(prompt_name, prompt)
             if raw:
                 if self.pool_prompts:  # ST's include_prompt: the prompt is part of the text
-                    return self._encode_prefixed([raw + t for t in texts], "", batch_size, max_length, show_progress)
-                return self._encode_prefixed(texts, raw, batch_size, max_length, show_progress)
+                    texts, raw = [raw + t for t in texts], ""
+                return self._encode_prefixed(texts, raw, batch_size, max_length, show_progress, batch_tokens)
         prefix = self.inputs.format_instruction(instruction)
-        return self._encode_prefixed(texts, prefix, batch_size, max_length, show_progress)
+        return self._encode_prefixed(texts, prefix, batch_size, max_length, show_progress, batch_tokens)
+
+    @staticmethod
+    def _batches(lengths: list[int], batch_size: int, batch_tokens: int | None) -> Iterator[np.ndarray]:
+        """Positions into ``lengths`` (tokens per text), longest first, cut by count or by padded tokens."""
+        by_len = np.argsort([-n for n in lengths], kind="stable")
+        if batch_tokens is None:
+            for b0 in range(0, len(by_len), batch_size):
+                yield by_len[b0 : b0 + batch_size]
+            return
+        b0 = 0
+        while b0 < len(by_len):
+            longest = max(1, lengths[by_len[b0]])  # sorted: the first text of a batch is its longest
+            b1 = min(len(by_len), b0 + max(1, batch_tokens // longest))
+            yield by_len[b0:b1]
+            b0 = b1
 
     def _encode_prefixed(
-        self, texts: list[str], prefix: str, batch_size: int, max_length: int, show_progress: bool
+        self,
+        texts: list[str],
+        prefix: str,
+        batch_size: int,
+        max_length: int,
+        show_progress: bool,
+        batch_tokens: int | None = None,
     ) -> np.ndarray:
         n = len(texts)
         out = np.empty((n, self.dim), dtype=np.float32)  # [n, d]
         order = np.argsort(np.fromiter((-len(t) for t in texts), dtype=np.int64, count=n), kind="stable")
-        chunk = batch_size * 64
+        chunk = max(batch_size, (batch_tokens or 0) // 16) * 64  # texts tokenised at once
         device = self.device
         was_training = self.model.training
         self.model.eval()
@@ -524,9 +551,7 @@ class Embedder:
                 for c0 in range(0, n, chunk):
                     idx = order[c0 : c0 + chunk]
                     ids, starts = self.inputs.tokenize([texts[i] for i in idx], prefix, max_length)
-                    by_len = np.argsort([-len(x) for x in ids], kind="stable")
-                    for b0 in range(0, len(by_len), batch_size):
-                        sel = by_len[b0 : b0 + batch_size]
+                    for sel in self._batches([len(x) for x in ids], batch_size, batch_tokens):
                         batch = self.inputs.pad([ids[j] for j in sel], [starts[j] for j in sel])
                         batch = {k: v.to(device) for k, v in batch.items()}
                         emb = self.model(**batch)  # [b, d]

@@ -24,39 +24,42 @@ def local_data(tmp_path_factory):
     return make_local_tasks(tmp_path_factory.mktemp("tasks"))
 
 
-def test_every_task_type_one_and_two_workers_agree_and_rerun_encodes_nothing(tiny_model, local_data, tmp_path):
-    from evaluation.runner import run_evaluation
+def run_evaluation(model, output, *, task_data, workers, retries=1, **options):
+    from evaluation.request import EvalRequest, Resources
+    from evaluation.runner import run_evaluation as run
 
-    two = run_evaluation(tiny_model, tmp_path / "w2", task_data=local_data, workers=2, log=print)
+    resources = Resources(workers=workers, retries=retries)
+    request = EvalRequest(model=model, output=output, task_data=task_data, resources=resources, **options)
+    return run(request)
+
+
+def test_every_task_type_one_and_two_workers_agree_and_rerun_encodes_nothing(tiny_model, local_data, tmp_path):
+    two = run_evaluation(tiny_model, tmp_path / "w2", task_data=local_data, workers=2)
     assert not two.failed, two.failed
     assert set(two.scores) == set(TASKS)
     assert all(n > 0 for n in two.encoded.values())
-    one = run_evaluation(tiny_model, tmp_path / "w1", task_data=local_data, workers=1, log=print)
+    one = run_evaluation(tiny_model, tmp_path / "w1", task_data=local_data, workers=1)
     assert one.scores == two.scores
-    again = run_evaluation(tiny_model, tmp_path / "w2", task_data=local_data, workers=2, log=print)
+    again = run_evaluation(tiny_model, tmp_path / "w2", task_data=local_data, workers=2)
     assert again.encoded == {} and sorted(again.skipped) == sorted(TASKS) and again.scores == two.scores
     assert (two.results_dir / "SciFact.json").is_file()  # mteb's layout: results/<org__model>/<revision>/<Task>.json
 
 
 def test_interrupted_run_resumes_without_reencoding_finished_tasks(tiny_model, local_data, tmp_path):
-    from evaluation.runner import run_evaluation
-
     first = {k: local_data[k] for k in ("STSBenchmark", "SummEval", "SprintDuplicateQuestions")}
-    partial = run_evaluation(tiny_model, tmp_path / "out", task_data=first, workers=2, log=print)
+    partial = run_evaluation(tiny_model, tmp_path / "out", task_data=first, workers=2)
     assert set(partial.scores) == set(first)  # what a run killed after three tasks leaves on disk
-    full = run_evaluation(tiny_model, tmp_path / "out", task_data=local_data, workers=2, log=print)
+    full = run_evaluation(tiny_model, tmp_path / "out", task_data=local_data, workers=2)
     assert set(full.skipped) == set(first)
     assert set(full.encoded) == set(TASKS) - set(first)  # the finished tasks were not encoded again
     assert all(full.scores[k] == partial.scores[k] for k in first)
 
 
 def test_a_failing_task_is_reported_and_the_others_finish(tiny_model, local_data, tmp_path):
-    from evaluation.runner import run_evaluation
-
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "test.jsonl").write_text('{"sentence1": "a"}\n')  # no sentence2 / score
     data = {"STSBenchmark": str(broken), "SummEval": local_data["SummEval"]}
-    out = run_evaluation(tiny_model, tmp_path / "out", task_data=data, workers=2, retries=1, log=print)
+    out = run_evaluation(tiny_model, tmp_path / "out", task_data=data, workers=2, retries=1)
     assert set(out.scores) == {"SummEval"}
     assert "STSBenchmark" in out.failed and "sentence2" in out.failed["STSBenchmark"]
