@@ -192,7 +192,7 @@ def run_evaluation(request: EvalRequest, log=print) -> EvalOutcome:
     for task_name in task_objs:
         result_path = folder.task_file(task_name)
         if result_path.is_file():
-            outcome.scores[task_name] = round(100 * TaskResult.from_disk(result_path).get_score(), 2)
+            outcome.scores[task_name] = round(100 * float(TaskResult.from_disk(result_path).get_score()), 2)
         elif task_name not in outcome.failed:
             outcome.failed[task_name] = "no result (an earlier part failed?)"
     outcome.seconds = time.perf_counter() - t_start
