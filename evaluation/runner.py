@@ -109,7 +109,18 @@ def _fit_workers(request: EvalRequest, log) -> tuple[int, float]:
     """(workers, GPUs per worker) that the cluster can actually place: GPU by default when it has GPUs."""
     import ray
 
+    from nvembed.launch.storage import NODE_LOCAL_PREFIXES, alive_nodes
+
     res = request.resources
+    output = Path(request.output).resolve()
+    nodes = alive_nodes()
+    local = [p for p in NODE_LOCAL_PREFIXES if output == Path(p) or Path(p) in output.parents]
+    if nodes > 1 and local:
+        raise ValueError(
+            f"--output {output} is under {local[0]}, which each of the cluster's {nodes} nodes has its own copy of: "
+            "actors on other nodes write shard embeddings there and read each other's. Use a folder on shared "
+            "storage (cluster/README.md, 'Storage')."
+        )
     cluster = ray.cluster_resources()
     gpus_total, cpus_total = cluster.get("GPU", 0.0), cluster.get("CPU", 0.0)
     gpus = res.gpus_per_worker if res.gpus_per_worker is not None else (1.0 if gpus_total >= 1 else 0.0)

@@ -145,3 +145,16 @@ def test_a_failing_item_leaves_its_whole_traceback_and_the_report_links_it(tmp_p
     assert "\x1b[" not in text
     report = write_report(tmp_path / "out", "m", out.scores, {"STSBenchmark": "STS"}, out.failed, {})
     assert str(path) in report["md"].read_text()
+
+
+def test_gpu_default_follows_the_cluster_and_workers_fit_what_it_can_place(tmp_path):
+    from evaluation.request import EvalRequest, Resources
+    from evaluation.runner import _fit_workers
+
+    lines = []
+    many = EvalRequest(model=MODEL, output=tmp_path, resources=Resources(workers=8))
+    assert _fit_workers(many, lines.append) == (4, 0.0)  # the session's local Ray: 4 CPUs, no GPU
+    assert "places 4 of 8 workers" in lines[0]
+    gpu = EvalRequest(model=MODEL, output=tmp_path, resources=Resources(workers=1, gpus_per_worker=1))
+    with pytest.raises(ValueError, match="has 0 GPUs"):
+        _fit_workers(gpu, lines.append)

@@ -274,7 +274,8 @@ def test_evaluation_actors_fit_the_gpu_nodes():
         for argv in _entrypoint_commands(path):
             args = build_parser().parse_args(argv)
             if args.command == "evaluate":
-                assert args.workers * args.gpus_per_worker <= gpus, path
+                per_worker = 1 if args.gpus_per_worker is None else args.gpus_per_worker  # default: 1 on a GPU cluster
+                assert args.workers * per_worker <= gpus, path
                 assert args.workers * args.cpus_per_worker <= cpus, path
 
 
