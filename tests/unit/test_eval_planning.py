@@ -19,7 +19,7 @@ def test_only_retrieval_corpora_of_two_shards_or_more_are_sharded(tmp_path):
     tasks = resolve_tasks("MTEB(eng, v1)", ["SciFact", "STSBenchmark", "NFCorpus"])
     big = tmp_path / "big"
     big.mkdir()
-    (big / "corpus.jsonl").write_text("".join('{"_id": "d%d", "text": "x"}\n' % i for i in range(5000)))
+    (big / "corpus.jsonl").write_text("".join(f'{{"_id": "d{i}", "text": "x"}}\n' for i in range(5000)))
     small = tmp_path / "small"
     small.mkdir()
     (small / "corpus.jsonl").write_text('{"_id": "d0", "text": "x"}\n' * 30)
