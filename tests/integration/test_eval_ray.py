@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.integration.local_tasks import TASKS, make_local_tasks
@@ -62,4 +64,16 @@ def test_a_failing_task_is_reported_and_the_others_finish(tiny_model, local_data
     data = {"STSBenchmark": str(broken), "SummEval": local_data["SummEval"]}
     out = run_evaluation(tiny_model, tmp_path / "out", task_data=data, workers=2, retries=1)
     assert set(out.scores) == {"SummEval"}
-    assert "STSBenchmark" in out.failed and "sentence2" in out.failed["STSBenchmark"]
+    message = out.failed["STSBenchmark"]
+    assert "sentence2" in message
+    # the whole error is on disk, every frame down to the raise, and the report names the file
+    path = Path(message[message.rindex("(") + 1 : -1])
+    assert path.parent == tmp_path / "out" / "errors" and path.is_file()
+    text = path.read_text()
+    assert 'evaluation/workers.py", line' in text and 'evaluation/local.py", line' in text and "sentence2" in text
+    assert "\x1b[" not in text  # Ray's colour codes stripped
+    from evaluation.report import write_report
+
+    report = write_report(tmp_path / "out", "m", out.scores, {"STSBenchmark": "STS", "SummEval": "Summarization"},
+                          out.failed, {})  # fmt: skip
+    assert str(path) in report["md"].read_text()

@@ -1,5 +1,5 @@
 """Retrieval with the corpus sharded over Ray actors = mteb's own single-process evaluation; shared corpora and
-reruns encode nothing twice; a failing item leaves its whole error on disk; mteb's ResultCache reads the folder."""
+reruns encode nothing twice; mteb's ResultCache reads the folder; the GPU default follows the cluster."""
 
 from __future__ import annotations
 
@@ -126,25 +126,6 @@ def test_two_tasks_over_one_corpus_encode_it_once_and_a_killed_run_encodes_only_
     resumed = run_evaluation(_request(tmp_path / "out", data, 2))
     assert sum(resumed.encoded.values()) == 2 * DOCS // 4  # only the two missing shards, once for both tasks
     assert resumed.scores == both.scores
-
-
-def test_a_failing_item_leaves_its_whole_traceback_and_the_report_links_it(tmp_path):
-    from evaluation.report import write_report
-    from evaluation.runner import run_evaluation
-
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "test.jsonl").write_text('{"sentence1": "a"}\n')  # no sentence2 / score
-    out = run_evaluation(_request(tmp_path / "out", {"STSBenchmark": str(broken)}, 1, retries=0))
-    message = out.failed["STSBenchmark"]
-    path = Path(message[message.rindex("(") + 1 : -1])
-    assert path.parent == tmp_path / "out" / "errors" and path.is_file()
-    text = path.read_text()
-    # the remote traceback, every frame down to the raise, not the last line only
-    assert 'evaluation/workers.py", line' in text and 'evaluation/local.py", line' in text and "sentence2" in text
-    assert "\x1b[" not in text
-    report = write_report(tmp_path / "out", "m", out.scores, {"STSBenchmark": "STS"}, out.failed, {})
-    assert str(path) in report["md"].read_text()
 
 
 def test_gpu_default_follows_the_cluster_and_workers_fit_what_it_can_place(tmp_path):
