@@ -212,12 +212,11 @@ def run_evaluation(request: EvalRequest, log=print) -> EvalOutcome:
 
 def _run(pending, spec, workers, gpus, shard_docs, request, folder, meta, task_data, multi, outcome, log) -> None:
     """Start the actors, submit whole items, run sharded items' mteb evaluation in driver threads, wait."""
-    import mteb
     import ray
     from mteb.results import TaskResult
 
     from evaluation.sharded import EmbeddingCache, ShardedSearch, side_identity
-    from evaluation.workers import EvalWorker, build_task
+    from evaluation.workers import EvalWorker, build_task, run_mteb
 
     cpus = request.resources.cpus_per_worker
     actor_cls = ray.remote(EvalWorker)
@@ -273,16 +272,7 @@ def _run(pending, spec, workers, gpus, shard_docs, request, folder, meta, task_d
         t0 = time.perf_counter()
         search = ShardedSearch(pool, cache, meta, side, shard_docs, item.cost, item.key)
         try:
-            task = build_task(item, work_dir, request.benchmark)
-            res = mteb.evaluate(
-                search,
-                [task],
-                cache=None,
-                overwrite_strategy="always",
-                show_progress_bar=False,
-                encode_kwargs={"batch_size": spec.encode_batch},
-                raise_error=True,
-            )
+            result = run_mteb(search, build_task(item, work_dir, request.benchmark), spec.encode_batch)
         except Exception as err:  # a job failed after its retries (ItemFailed, maybe wrapped by mteb), or mteb itself
             cause: BaseException | None = err
             while cause is not None and not isinstance(cause, ItemFailed):
@@ -291,7 +281,7 @@ def _run(pending, spec, workers, gpus, shard_docs, request, folder, meta, task_d
             return
         with lock:
             outcome.sharded[item.task] = len(search.shards)
-        finish(item, res.task_results[0], search.encoded, time.perf_counter() - t0)
+        finish(item, result, search.encoded, time.perf_counter() - t0)
 
     futures = []
     for item in pending:

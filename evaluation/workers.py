@@ -104,15 +104,13 @@ def build_task(item: WorkItem, work_dir: str, benchmark: str):
     return task
 
 
-def evaluate_item(encoder, item: WorkItem, work_dir: str, benchmark: str, batch_size: int) -> dict[str, Any]:
-    """Run one whole work item; returns the TaskResult as a dict and how many texts were encoded."""
+def run_mteb(model, task, batch_size: int):
+    """``mteb.evaluate`` of one task as every path here runs it: no mteb cache (the driver writes results), errors
+    raised; returns the ``TaskResult``. ``model`` is an encoder (whole items) or a ``ShardedSearch``."""
     import mteb
 
-    before = sum(n for *_, n in getattr(encoder, "calls", []))
-    task = build_task(item, work_dir, benchmark)
-    t0 = time.perf_counter()
     res = mteb.evaluate(
-        encoder,
+        model,
         [task],
         cache=None,
         overwrite_strategy="always",
@@ -120,8 +118,17 @@ def evaluate_item(encoder, item: WorkItem, work_dir: str, benchmark: str, batch_
         encode_kwargs={"batch_size": batch_size},
         raise_error=True,
     )
+    return res.task_results[0]
+
+
+def evaluate_item(encoder, item: WorkItem, work_dir: str, benchmark: str, batch_size: int) -> dict[str, Any]:
+    """Run one whole work item; returns the TaskResult as a dict and how many texts were encoded."""
+    before = sum(n for *_, n in getattr(encoder, "calls", []))
+    task = build_task(item, work_dir, benchmark)
+    t0 = time.perf_counter()
+    result = run_mteb(encoder, task, batch_size)
     encoded = sum(n for *_, n in getattr(encoder, "calls", [])) - before
-    return {"result": res.task_results[0].to_dict(), "encoded": encoded, "seconds": time.perf_counter() - t0}
+    return {"result": result.to_dict(), "encoded": encoded, "seconds": time.perf_counter() - t0}
 
 
 class EvalWorker:
