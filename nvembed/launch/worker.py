@@ -54,14 +54,22 @@ class RayTrainStore:
 
     @contextlib.contextmanager
     def latest(self) -> Iterator[Path | None]:
+        import pyarrow.fs
         import ray.train
 
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             yield None
             return
-        with checkpoint.as_directory() as folder:
-            yield Path(folder)
+        if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+            yield Path(checkpoint.path)  # what as_directory gives for local storage: the folder itself
+            return
+        # object storage: each rank downloads into its own folder. `as_directory` shares one temp folder per
+        # checkpoint between the ranks of a node and lets the first one delete it while another still waits for it
+        # ("Checkpoint directory ... does not exist, even though it should have been created"; docs/bugs.md)
+        with tempfile.TemporaryDirectory(prefix="nvembed-restore-") as tmp:
+            checkpoint.to_directory(tmp)
+            yield Path(tmp)
 
     def save(self, step: int, metrics: dict[str, Any], write: Callable[[Path], None]) -> None:
         import ray.train
