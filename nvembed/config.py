@@ -142,6 +142,8 @@ class DatasetConfig:
     label_texts: dict[str, str] | None = None  # binary classification: label -> text used as document
     min_score: float = 4.0  # sts: keep pairs scoring at least this on a 0-5 scale
     max_score: float = 5.0  # sts: the file's scale maximum
+    instruction: str | None = None  # query instruction of this dataset; None = the registry's entry for `task`
+    doc_instruction: str | None = None  # also put on documents (symmetric data); None = the format's default
 
     def __post_init__(self) -> None:
         formats = ("beir", "triplets", "sts", "classification", "clustering", "pair", "reranking")
@@ -172,6 +174,17 @@ class MiningConfig:
 
 
 @dataclass
+class CurationConfig:
+    """How `nvembed prepare` spreads curation over a Ray cluster (nvembed/launch/prepare.py)."""
+
+    workers: int | None = None  # teacher actors (encode + search); None = scaling.num_workers
+    cpus_per_worker: float = 1.0  # CPUs per actor (its torch / faiss threads)
+    gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs, else 0 (CPU actors)
+    part_bytes: int = 8_000_000  # a corpus / query file is cut into parts of about this many bytes
+    pairs_per_part: int = 4096  # (query, positive) pairs searched per task
+
+
+@dataclass
 class DataConfig:
     """Where training rows come from."""
 
@@ -180,7 +193,8 @@ class DataConfig:
     decontaminate: list[str] = field(default_factory=list)  # eval files/BEIR folders whose texts are removed
     near_duplicate_threshold: float | None = None  # also drop word-3-gram Jaccard >= this (None: exact only)
     mining: MiningConfig = field(default_factory=MiningConfig)
-    cache_dir: str | None = None  # where converted rows are cached (default: <run.output_dir>/data)
+    cache_dir: str | None = None  # where curated rows are kept (default: <output_dir>/data, shared by both stages)
+    curation: CurationConfig = field(default_factory=CurationConfig)
 
     def __post_init__(self) -> None:
         if self.on_error not in ("raise", "skip"):

@@ -1,8 +1,9 @@
-"""Build the training rows of a run from its ``data`` config: convert, mine, decontaminate, cache.
+"""Build the training rows of a run from its ``data`` config: convert, mine, decontaminate, keep.
 
-The result is a dict ``dataset name -> rows`` that the batcher blends. Rows are cached as JSONL under
-``data.cache_dir`` keyed by a hash of the dataset's config (and the mining settings), so a resumed or repeated run
-does not mine again.
+The result is a dict ``dataset name -> rows`` that the batcher blends. Each dataset's rows are kept as a curated
+folder (nvembed/data/curated.py) keyed by what determines them, so another stage, trial or rerun with the same
+settings reads them instead of mining again. This module curates in one process; ``nvembed prepare``
+(nvembed/launch/prepare.py) writes the same folders with a Ray pipeline.
 """
 
 from __future__ import annotations
@@ -13,21 +14,21 @@ import logging
 import os
 import random
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from nvembed.config import DataConfig, DatasetConfig, MiningConfig
 from nvembed.data import converters as conv
+from nvembed.data import curated
+from nvembed.data.curated import REMOTE_SCHEMES, is_complete
 from nvembed.data.instructions import instruction_for
-from nvembed.data.readers import ErrorPolicy, read_rows
+from nvembed.data.readers import ErrorPolicy
 from nvembed.data.schema import TrainingExample
 
 logger = logging.getLogger(__name__)
 
 Teacher = Callable[[], object]  # returns an Embedder, built lazily (only if something needs mining)
-
-
-REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "hdfs://", "abfs://")
 
 
 def resolve_path(path: str, base: str | Path | None, cache_dir: str | Path | None = None) -> Path:
@@ -116,7 +117,7 @@ def convert_dataset(
 ) -> list[TrainingExample]:
     """One dataset's rows (no caching)."""
     task = ds.task or ds.name
-    query_instr = instruction_for(task, "query")
+    query_instr = ds.instruction if ds.instruction is not None else instruction_for(task, "query")
     k = ds.num_negatives or num_negatives
     path = resolve_path(ds.path, base, cache_dir)
     if ds.format == "beir":
@@ -148,23 +149,60 @@ def convert_dataset(
         if teacher is None:
             raise ValueError(f"dataset {ds.name!r} asks for mined negatives but no teacher was given")
         _mine_for_rows(rows, pool, teacher(), mining, k)
+    if ds.doc_instruction is not None:
+        for r in rows:
+            r.doc_instruction = ds.doc_instruction
     return rows
 
 
-def _eval_texts(paths: list[str], base: str | Path | None) -> list[str]:
-    texts: list[str] = []
-    for raw in paths:
-        path = resolve_path(raw, base)
-        files = [path / "corpus.jsonl", path / "queries.jsonl"] if path.is_dir() else [path]
-        for f in files:
-            for _, row in read_rows(f):
-                for key in ("text", "sentence1", "sentence2", "query", "title"):
-                    if isinstance(row.get(key), str):
-                        texts.append(row[key])
-                for key in ("sentences", "positive", "negative"):
-                    if isinstance(row.get(key), list):
-                        texts += [t for t in row[key] if isinstance(t, str)]
-    return texts
+@dataclass
+class CurationTarget:
+    """One dataset of a run: its config, where its curated rows live (``folder``) and what keys them."""
+
+    ds: DatasetConfig
+    key: str
+    folder: Path
+
+    @property
+    def done(self) -> bool:
+        return is_complete(self.folder)
+
+
+def curation_targets(
+    data: DataConfig, num_negatives: int, cache_dir: str | Path, base: str | Path | None, seed: int
+) -> tuple[list[CurationTarget], list[Path]]:
+    """Keys and folders of every dataset of ``data`` and the decontamination sources (local paths), without reading
+    any data and without contacting an object store (a remote source is keyed by its URI)."""
+    decon_paths = [resolve_path(p, base, cache_dir) for p in data.decontaminate]
+    decon = (
+        {"sources": [curated.source_fingerprint(str(p), p) for p in decon_paths], "near": data.near_duplicate_threshold}
+        if decon_paths
+        else None
+    )
+    targets = []
+    for ds in data.datasets:
+        local = None if curated.is_remote(ds.path) else resolve_path(ds.path, base)
+        source = curated.source_fingerprint(ds.path, local, ds.format, ds.split)
+        key = curated.curation_key(
+            ds, source=source, num_negatives=num_negatives, seed=seed, mining=data.mining, decontamination=decon
+        )
+        targets.append(CurationTarget(ds, key, curated.curated_folder(cache_dir, ds.name, key)))
+    return targets, decon_paths
+
+
+def load_targets(
+    targets: list[CurationTarget], built: set[str], log: Callable[[str], None] = print
+) -> dict[str, list[TrainingExample]]:
+    """The rows of every target; ``built`` names those curated by this run (the others were cached)."""
+    out = {}
+    for t in targets:
+        rows = curated.load_curated(t.folder)
+        if not rows:
+            raise ValueError(f"dataset {t.ds.name!r} produced no training rows ({t.folder})")
+        how = "curated now" if t.ds.name in built else "cached"
+        log(f"data: {t.ds.name}: {len(rows)} rows ({t.ds.format}, weight {t.ds.weight}; {how} {t.folder.name})")
+        out[t.ds.name] = rows
+    return out
 
 
 def build_training_rows(
@@ -176,43 +214,38 @@ def build_training_rows(
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> dict[str, list[TrainingExample]]:
-    """All datasets of ``data`` as rows, cached by config hash under ``cache_dir``."""
+    """All datasets of ``data`` as rows, curated in this process (``nvembed train --local``; the reference the Ray
+    pipeline of ``nvembed prepare`` is checked against) and kept under ``cache_dir/curated``."""
+    cache_dir = Path(cache_dir or ".nvembed-cache")
     policy = ErrorPolicy(data.on_error)
-    eval_texts = _eval_texts(data.decontaminate, base) if data.decontaminate else []
-    out: dict[str, list[TrainingExample]] = {}
-    for ds in data.datasets:
-        key = json.dumps(
-            {
-                # the blend weight only matters to the batcher: re-weighting reuses the converted (mined) rows
-                "ds": asdict(replace(ds, path=str(resolve_path(ds.path, base)), weight=1.0)),
-                "k": num_negatives,
-                "seed": seed,
-                "mining": asdict(data.mining) if ds.mine_negatives else None,
-                "decon": data.decontaminate,
-                "near": data.near_duplicate_threshold,
-                "v": 1,
-            },
-            sort_keys=True,
-        )
-        digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-        cached = Path(cache_dir) / f"{ds.name}-{digest}.jsonl" if cache_dir else None
-        if cached is not None and cached.is_file():
-            rows = [TrainingExample.from_dict(json.loads(line)) for line in cached.read_text().splitlines()]
-            log(f"data: {ds.name}: {len(rows)} rows (cached {cached.name})")
-        else:
-            rows = convert_dataset(ds, num_negatives, policy, base, teacher, data.mining, seed, cache_dir)
-            if eval_texts:
-                rows, report = conv.decontaminate(rows, eval_texts, data.near_duplicate_threshold)
-                log(f"data: {ds.name}: {report}")
-            if cached is not None:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cached.with_suffix(f".{os.getpid()}.tmp")  # concurrent sweep trials share the cache
-                tmp.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in rows))
-                os.replace(tmp, cached)
-            log(f"data: {ds.name}: {len(rows)} rows ({ds.format}, weight {ds.weight})")
-        if not rows:
-            raise ValueError(f"dataset {ds.name!r} produced no training rows")
-        out[ds.name] = rows
+    targets, decon_paths = curation_targets(data, num_negatives, cache_dir, base, seed)
+    eval_texts = curated.evaluation_texts(decon_paths) if decon_paths and not all(t.done for t in targets) else []
+    built = set()
+    for t in targets:
+        if t.done:
+            continue
+        built.add(t.ds.name)
+        before = Counter(policy.skipped)
+        rows = convert_dataset(t.ds, num_negatives, policy, base, teacher, data.mining, seed, cache_dir)
+        converted = len(rows)
+        decon = None
+        if eval_texts:
+            rows, report = conv.decontaminate(rows, eval_texts, data.near_duplicate_threshold)
+            decon = {"exact": report.exact, "near": report.near}
+            log(f"data: {t.ds.name}: {report}")
+        skipped = dict(policy.skipped - before)
+        manifest = {
+            "dataset": t.ds.name,
+            "key": t.key,
+            "format": t.ds.format,
+            "source": t.ds.path,
+            "converted": converted,
+            "skipped": skipped,
+            "mined": converted if t.ds.mine_negatives else 0,
+            "decontaminated": decon,
+            "by": "local",
+        }
+        curated.write_curated(t.folder, rows, manifest)
     if policy.skipped:
         log(f"data: {policy.report()}")
-    return out
+    return load_targets(targets, built, log)

@@ -31,26 +31,42 @@ class BeirData:
     qrels: dict[str, dict[str, int]] = field(default_factory=dict)  # qid -> {doc id: score}
 
 
+def id_text(row: dict, path: str | Path, line: int, with_title: bool) -> tuple[str, str]:
+    """``(_id, text)`` of one BEIR corpus / queries row (``title + " " + text`` for the corpus), or DataError."""
+    if "_id" not in row:
+        raise DataError(path, line, "missing field: '_id'")
+    if "text" not in row or not isinstance(row["text"], str):
+        raise DataError(path, line, "missing field: 'text'")
+    text = row["text"]
+    if with_title and isinstance(row.get("title"), str) and row["title"].strip():
+        text = f"{row['title']} {text}"
+    if not text.strip():
+        raise DataError(path, line, "empty text: field 'text'")
+    return str(row["_id"]), text
+
+
 def _read_id_texts(path: Path, policy: ErrorPolicy, with_title: bool) -> dict[str, str]:
     out: dict[str, str] = {}
     for line, row in read_rows(path, policy):
         try:
-            if "_id" not in row:
-                raise DataError(path, line, "missing field: '_id'")
-            rid = str(row["_id"])
-            if "text" not in row or not isinstance(row["text"], str):
-                raise DataError(path, line, "missing field: 'text'")
-            text = row["text"]
-            if with_title and isinstance(row.get("title"), str) and row["title"].strip():
-                text = f"{row['title']} {text}"
-            if not text.strip():
-                raise DataError(path, line, "empty text: field 'text'")
+            rid, text = id_text(row, path, line, with_title)
             if rid in out:
                 raise DataError(path, line, f"duplicate id: {rid!r}")
             out[rid] = text
         except DataError as err:
             policy.handle(err)
     return out
+
+
+def qrels_entry(cols: list[str], path: str | Path, line: int) -> tuple[str, str, int]:
+    """``(query id, document id, score)`` of one qrels TSV line, or DataError."""
+    if len(cols) != 3:
+        raise DataError(path, line, f"bad qrels line: expected 3 tab-separated columns, got {len(cols)}")
+    qid, did, score = cols
+    try:
+        return qid, did, int(float(score))
+    except ValueError as err:
+        raise DataError(path, line, f"bad qrels line: score {score!r} is not a number") from err
 
 
 def load_beir(folder: str | Path, split: str, policy: ErrorPolicy | None = None) -> BeirData:
@@ -69,15 +85,7 @@ def load_beir(folder: str | Path, split: str, policy: ErrorPolicy | None = None)
             if line == 1 and cols[:2] == ["query-id", "corpus-id"]:
                 continue
             try:
-                if len(cols) != 3:
-                    raise DataError(
-                        qrels_path, line, f"bad qrels line: expected 3 tab-separated columns, got {len(cols)}"
-                    )
-                qid, did, score = cols
-                try:
-                    value = int(float(score))
-                except ValueError as err:
-                    raise DataError(qrels_path, line, f"bad qrels line: score {score!r} is not a number") from err
+                qid, did, value = qrels_entry(cols, qrels_path, line)
                 if qid not in data.queries:
                     raise DataError(qrels_path, line, f"unknown id: query {qid!r} not in queries.jsonl")
                 if did not in data.corpus:
