@@ -25,6 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local", action="store_true", help="single process, no Ray (one CPU/GPU; scaling ignored)")
     p.set_defaults(func=_train)
 
+    p = sub.add_parser("prepare", help="curate a job's training data (convert, mine, decontaminate) on Ray Data")
+    p.add_argument("config", help="job YAML")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable")
+    p.add_argument("--stage", type=int, choices=[1, 2], action="append", help="only this stage's data (repeatable)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: an embedded local Ray)")
+    p.add_argument("--local", action="store_true", help="curate in this process (no Ray)")
+    p.set_defaults(func=_prepare)
+
     p = sub.add_parser("tune", help="Ray Tune sweep over dotted config keys (e.g. lora.rank x pooling.num_latents)")
     p.add_argument("config", help="sweep YAML (e.g. tune/configs/smoke.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a sweep key, repeatable")
@@ -151,6 +159,30 @@ def _train(args: argparse.Namespace) -> int:
             tracker.close()
     for n, final in finals.items():
         print(f"stage {n} final model: {Path(final).resolve()}")
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from nvembed.config import ConfigError, JobConfig, load_yaml
+    from nvembed.data.readers import DataError
+
+    try:
+        job = load_yaml(args.config, JobConfig, args.set)
+        if args.local:
+            from nvembed.training.job import stage_rows
+
+            for n in args.stage or job.stages():
+                stage_rows(job.stage_config(n))
+        else:
+            from nvembed.launch.prepare import prepare_job
+
+            prepare_job(job, args.stage, args.address)
+    except DataError as err:
+        print(f"nvembed prepare: bad training data: {err}", file=sys.stderr)
+        return 2
+    except ConfigError as err:
+        print(f"nvembed prepare: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

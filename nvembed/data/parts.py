@@ -93,6 +93,12 @@ def _atomic_npy(array: np.ndarray, out: Path) -> None:
     os.replace(tmp, out)
 
 
+def pq_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
+
+
 # ----------------------------------------------------------------------------------------------- 1. parse
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Callable
@@ -86,12 +87,14 @@ def worker_env_for(cfg: TrainConfig) -> dict[str, str]:
 
 
 def prepare_stage(cfg: TrainConfig, log: Callable[[str], None] = print) -> str:
-    """On the driver, before any worker starts: build and validate rows (bad rows stop here with file:line), then
-    write the step plan. Returns the plan folder."""
-    from nvembed.training.job import stage_rows
+    """On the driver, before any worker starts: curate what the stage lacks on the Ray cluster (``nvembed
+    prepare``'s pipeline; bad rows stop here with file:line), check the rows, then write the step plan. Returns the
+    plan folder."""
+    from nvembed.data.build import load_targets
+    from nvembed.launch.prepare import prepare_stage_data
     from nvembed.training.preflight import check_stage_inputs
 
-    rows = stage_rows(cfg, log=log)
+    rows = load_targets(prepare_stage_data(cfg, log), set(), log)  # the plan is drawn from the rows (docs/curation.md)
     check_stage_inputs(cfg, rows)  # instructions vs token limits, dev data: fails here, not at a worker's first step
     world = cfg.scaling.num_workers
     extra = {
@@ -151,21 +154,7 @@ def run_job_on_ray(
 
     ``callbacks``: Ray Train ``UserCallback``s for every stage (tests inject faults with one).
     """
-    import ray
-
-    started = False
-    if not ray.is_initialized():
-        if address or os.environ.get("RAY_ADDRESS"):  # a cluster, or inside a Ray job (RAY_ADDRESS is set)
-            ray.init(address=address or os.environ["RAY_ADDRESS"])
-        else:
-            need = job.scaling.num_workers * job.scaling.cpus_per_worker + 2  # + Ray Data read/filter tasks
-            ray.init(
-                num_cpus=max(int(need + 0.999), os.cpu_count() or 1),
-                include_dashboard=True,  # Train's placement-group cleaner needs the State API (else it spams)
-                runtime_env={"env_vars": worker_env()},
-            )
-        started = True
-    try:
+    with ray_connection(job, address):
         check_shared_paths(job, alive_nodes(), stages)  # multi-node: refuse node-local paths before any work
         finals = {}
         for n in stages or job.stages():
@@ -177,6 +166,27 @@ def run_job_on_ray(
             )
             finals[n] = run_stage_on_ray(cfg, log, callbacks)
         return finals
+
+
+@contextlib.contextmanager
+def ray_connection(job: JobConfig, address: str | None = None):
+    """Connected to Ray for the block: the cluster at ``address`` (or ``RAY_ADDRESS``: inside a Ray job), else an
+    embedded local one sized for the job's workers. A connection made here is closed here."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address or os.environ["RAY_ADDRESS"])
+    else:
+        need = job.scaling.num_workers * job.scaling.cpus_per_worker + 2  # + Ray Data read/filter tasks
+        ray.init(
+            num_cpus=max(int(need + 0.999), os.cpu_count() or 1),
+            include_dashboard=True,  # Train's placement-group cleaner needs the State API (else it spams)
+            runtime_env={"env_vars": worker_env()},
+        )
+    try:
+        yield
     finally:
-        if started:
-            ray.shutdown()
+        ray.shutdown()
