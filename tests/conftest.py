@@ -7,6 +7,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+# moto's request recorder (tests/integration/test_prepare_ray.py) fixes its file when moto is first imported;
+# its default is ./moto_recording, inside the checkout
+os.environ.setdefault(
+    "MOTO_RECORDER_FILEPATH", os.path.join(os.environ.get("TMPDIR", "/tmp"), f"moto-rec-{os.getpid()}")
+)
 
 import pytest
 import torch

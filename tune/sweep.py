@@ -175,6 +175,10 @@ def run_sweep(
         # on a multi-node cluster every trial's paths must be shared, as for `nvembed train`: refuse before any trial
         trial = apply_overrides(load_base_job(sweep), {"output_dir": str(out / "trials" / "trial")})
         check_shared_paths(trial, alive_nodes(), sweep.stages)
+        from nvembed.launch.prepare import prepare_stage_data
+
+        for n in sweep.stages or trial.stages():  # curated once here; trials with the base job's data settings read it
+            prepare_stage_data(trial.stage_config(n), log)
         fn = worker_trial if sweep.resources.mode == "worker" else train_trial
         trainable = tune.with_parameters(fn, sweep_dict=to_dict(sweep), root=os.getcwd())
         demand = trial_demand(sweep)

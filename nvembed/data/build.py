@@ -9,12 +9,12 @@ settings reads them instead of mining again. This module curates in one process;
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import random
-from collections.abc import Callable
+import shutil
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +56,7 @@ def fetch_remote(uri: str, cache: Path) -> Path:
         pafs.copy_files(remote, str(tmp), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
     else:
         with fs.open_input_stream(remote) as src, open(tmp, "wb") as dst:
-            dst.write(src.read())
+            shutil.copyfileobj(src, dst, 1 << 24)  # streamed: a corpus file never sits in memory whole
     os.replace(tmp, local)
     return local
 
@@ -184,7 +184,13 @@ def curation_targets(
         local = None if curated.is_remote(ds.path) else resolve_path(ds.path, base)
         source = curated.source_fingerprint(ds.path, local, ds.format, ds.split)
         key = curated.curation_key(
-            ds, source=source, num_negatives=num_negatives, seed=seed, mining=data.mining, decontamination=decon
+            ds,
+            source=source,
+            num_negatives=num_negatives,
+            seed=seed,
+            mining=data.mining,
+            decontamination=decon,
+            on_error=data.on_error,
         )
         targets.append(CurationTarget(ds, key, curated.curated_folder(cache_dir, ds.name, key)))
     return targets, decon_paths

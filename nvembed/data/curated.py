@@ -83,6 +83,7 @@ def curation_key(
     seed: int,
     mining: MiningConfig,
     decontamination: dict | None,
+    on_error: str = "raise",
 ) -> str:
     """A short hash of everything that determines the curated rows of ``ds`` (see the module docstring)."""
     conversion = dataclasses.asdict(dataclasses.replace(ds, path="", weight=1.0))  # the weight is the batcher's
@@ -94,6 +95,7 @@ def curation_key(
         "seed": seed,
         "mining": mining_key(mining) if ds.mine_negatives else None,
         "decontamination": decontamination,
+        "on_error": on_error,  # rows skipped under "skip" must not satisfy a run that asks to stop on them
     }
     return hashlib.sha1(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

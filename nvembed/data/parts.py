@@ -134,8 +134,12 @@ def parse_part(path: str | Path, start: int, end: int, out: str | Path, *, with_
         lines.append(i)
         hashes.append(text_hash(text))
     table = pa.table(
-        {"_id": pa.array(ids, pa.string()), "text": pa.array(texts, pa.string()),
-         "line": pa.array(lines, pa.int32()), "h": pa.array(hashes, pa.int64())}
+        {
+            "_id": pa.array(ids, pa.string()),
+            "text": pa.array(texts, pa.string()),
+            "line": pa.array(lines, pa.int32()),
+            "h": pa.array(hashes, pa.int64()),
+        }
     )
     meta = {"n": len(ids), "errors": errors}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -193,8 +197,9 @@ def link(
         for j, (rid, h) in enumerate(zip(ids, hs, strict=True)):
             if rid in doc_index:  # a later row with an id seen before: skipped, as the single-process reader does
                 if on_error == "raise":
-                    return LinkResult(0, 0, 0, {}, {"kind": "corpus", "part": i, "line": lines[j],
-                                                    "reason": f"duplicate id: {rid!r}"})
+                    return LinkResult(
+                        0, 0, 0, {}, {"kind": "corpus", "part": i, "line": lines[j], "reason": f"duplicate id: {rid!r}"}
+                    )
                 skipped["duplicate id"] += 1
                 canon[j] = -1
                 continue
@@ -212,8 +217,9 @@ def link(
         for rid, line in zip(t["_id"].to_pylist(), t["line"].to_pylist(), strict=True):
             if rid in queries:
                 if on_error == "raise":
-                    return LinkResult(0, 0, 0, {}, {"kind": "queries", "part": i, "line": line,
-                                                    "reason": f"duplicate id: {rid!r}"})
+                    return LinkResult(
+                        0, 0, 0, {}, {"kind": "queries", "part": i, "line": line, "reason": f"duplicate id: {rid!r}"}
+                    )
                 skipped["duplicate id"] += 1
                 continue
             queries[rid] = ""
@@ -239,12 +245,9 @@ def link(
                 qrels.setdefault(qid, {})[did] = score
             except DataError as err:
                 if on_error == "raise":
-                    return LinkResult(0, 0, 0, {}, {"kind": "qrels", "part": None, "line": line,
-                                                    "reason": err.reason})
+                    return LinkResult(0, 0, 0, {}, {"kind": "qrels", "part": None, "line": line, "reason": err.reason})
                 skipped[err.reason.split(":")[0]] += 1
-    pairs = [
-        (qid, doc_index[did]) for qid, docs in qrels.items() for did, score in docs.items() if score > 0
-    ]
+    pairs = [(qid, doc_index[did]) for qid, docs in qrels.items() for did, score in docs.items() if score > 0]
     if max_rows is not None and len(pairs) > max_rows:  # the single-process shuffle: same count, same permutation
         random.Random(f"{seed}/{name}").shuffle(pairs)
         pairs = pairs[:max_rows]
@@ -255,12 +258,14 @@ def link(
     for n_parts, start in enumerate(range(0, len(pairs), pairs_per_part), start=1):
         chunk = pairs[start : start + pairs_per_part]
         _atomic_parquet(
-            pa.table({
-                "row_id": pa.array(range(start, start + len(chunk)), pa.int64()),
-                "query": [queries[q] for q, _ in chunk],
-                "positive": pa.array([p for _, p in chunk], pa.int64()),
-                "known": [sorted(known[q]) for q, _ in chunk],
-            }),
+            pa.table(
+                {
+                    "row_id": pa.array(range(start, start + len(chunk)), pa.int64()),
+                    "query": [queries[q] for q, _ in chunk],
+                    "positive": pa.array([p for _, p in chunk], pa.int64()),
+                    "known": [sorted(known[q]) for q, _ in chunk],
+                }
+            ),
             work / "pairs" / f"part-{n_parts - 1:05d}.parquet",
         )
     result = LinkResult(len(pairs), n_parts, max((len(s) for s in known.values()), default=1), dict(skipped), None)
@@ -296,7 +301,7 @@ class CorpusParts:
         self.offsets = np.cumsum([0] + [len(e) for e in self.emb])  # [parts + 1]
         self.canon = np.load(self.work / "canon.npy")
         self._texts: dict[int, list[str]] = {}
-        self._cache_bytes = text_cache_bytes
+        self._cache_bytes, self._cached_bytes = text_cache_bytes, 0
 
     def vectors(self, idx: np.ndarray) -> np.ndarray:
         part = np.searchsorted(self.offsets, idx, side="right") - 1
@@ -309,15 +314,14 @@ class CorpusParts:
         for i in idx:
             p = int(np.searchsorted(self.offsets, i, side="right") - 1)
             if p not in self._texts:
-                if self._texts and self._size() > self._cache_bytes:
+                if self._cached_bytes > self._cache_bytes:  # bounded: start over rather than grow with the corpus
                     self._texts.clear()
+                    self._cached_bytes = 0
                 path = self.work / "corpus" / f"part-{p:05d}.parquet"
                 self._texts[p] = pq.read_table(path, columns=["text"])["text"].to_pylist()
+                self._cached_bytes += sum(len(t) for t in self._texts[p])
             out.append(self._texts[p][int(i - self.offsets[p])])
         return out
-
-    def _size(self) -> int:
-        return sum(len(s) for texts in self._texts.values() for s in texts)
 
     def top(self, q: np.ndarray, m: int, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-``m`` corpus rows by inner product for each query: faiss' exact k-NN on each part, merged.
@@ -393,11 +397,15 @@ def search_pairs_part(
             _, first = np.unique(cand, return_index=True)  # a text's best-scoring copy, in score order
             first.sort()
             cand, cs = cand[first][:want], cs[first][:want]
-            negs, _ = select_negatives(cand, cs, float(pos_scores[j]), known[b + j] | {int(pos[j])}, k, margin,
-                                       sample_from_top, rng)
+            negs, _ = select_negatives(
+                cand, cs, float(pos_scores[j]), known[b + j] | {int(pos[j])}, k, margin, sample_from_top, rng
+            )
             texts = corpus.texts([int(pos[j]), *negs])
-            rows.append(TrainingExample(queries[b + j], texts[0], texts[1:], instruction, doc_instruction, task,
-                                        "Retrieval", True))
+            rows.append(
+                TrainingExample(
+                    queries[b + j], texts[0], texts[1:], instruction, doc_instruction, task, "Retrieval", True
+                )
+            )
     ids_kept = row_ids
     exact = near = 0
     if eval_texts:

@@ -59,7 +59,10 @@ def load_teacher(mining: MiningConfig, threads: int):
 def _encoder(teacher, mining: MiningConfig, instruction: str | None):
     def encode(texts):
         return teacher.encode(
-            list(texts), instruction=instruction, batch_size=mining.batch_size, max_length=mining.max_length,
+            list(texts),
+            instruction=instruction,
+            batch_size=mining.batch_size,
+            max_length=mining.max_length,
             show_progress=False,
         )
 
@@ -115,7 +118,12 @@ class SearchPairs:
 
         metas = [
             search_pairs_part(
-                self.corpus, self.encode, str(src), str(dst), eval_texts=self.eval_texts, threads=self.threads,
+                self.corpus,
+                self.encode,
+                str(src),
+                str(dst),
+                eval_texts=self.eval_texts,
+                threads=self.threads,
                 **self.settings,
             )
             for src, dst in zip(batch["src"], batch["out"], strict=True)
@@ -123,24 +131,42 @@ class SearchPairs:
         return {key: np.asarray([m[key] for m in metas]) for key in ("n", "rows", "exact", "near")}
 
 
-def _convert_task(ds, num_negatives: int, data: DataConfig, seed: int, cache_dir: str, eval_file: str | None,
-                  folder: str, key: str, threads: int) -> dict:
+def _convert_task(
+    ds,
+    num_negatives: int,
+    data: DataConfig,
+    seed: int,
+    cache_dir: str,
+    eval_file: str | None,
+    folder: str,
+    key: str,
+    threads: int,
+) -> dict:
     """One non-pipelined dataset curated in a Ray task with the single-process code (see the module docstring)."""
     from nvembed.data import converters as conv
     from nvembed.data.build import convert_dataset
     from nvembed.data.readers import ErrorPolicy
 
     policy = ErrorPolicy(data.on_error)
-    rows = convert_dataset(ds, num_negatives, policy, None, lambda: load_teacher(data.mining, threads), data.mining,
-                           seed, cache_dir)
+    rows = convert_dataset(
+        ds, num_negatives, policy, None, lambda: load_teacher(data.mining, threads), data.mining, seed, cache_dir
+    )
     converted = len(rows)
     decon = None
     if eval_file:
         rows, report = conv.decontaminate(rows, json.loads(Path(eval_file).read_text()), data.near_duplicate_threshold)
         decon = {"exact": report.exact, "near": report.near}
-    manifest = {"dataset": ds.name, "key": key, "format": ds.format, "source": ds.path, "converted": converted,
-                "skipped": dict(policy.skipped), "mined": converted if ds.mine_negatives else 0,
-                "decontaminated": decon, "by": "ray-task"}
+    manifest = {
+        "dataset": ds.name,
+        "key": key,
+        "format": ds.format,
+        "source": ds.path,
+        "converted": converted,
+        "skipped": dict(policy.skipped),
+        "mined": converted if ds.mine_negatives else 0,
+        "decontaminated": decon,
+        "by": "ray-task",
+    }
     curated.write_curated(Path(folder), rows, manifest)
     return curated.read_manifest(folder)
 
@@ -200,6 +226,20 @@ def _stream(items: list[dict], fn, *, desc: str, unit: str, total: int, count: s
             yield row
 
 
+def _get(ref):
+    """``ray.get`` that re-raises a task's own data or config error as itself (its message names file and line)."""
+    import ray
+
+    from nvembed.config import ConfigError
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as err:
+        if isinstance(err.cause, (DataError, ConfigError, ValueError, FileNotFoundError)):
+            raise err.cause from None
+        raise
+
+
 def _raise_first(errors: list[tuple[str, int, int, str]]) -> None:
     """``errors``: (file, part start byte, line in part, reason); raises the earliest as ``file:line: reason``."""
     from nvembed.data.parts import global_line
@@ -208,8 +248,9 @@ def _raise_first(errors: list[tuple[str, int, int, str]]) -> None:
     raise DataError(path, global_line(path, start, line), reason)
 
 
-def _parse_files(files: list[tuple[str, Path, bool]], work: Path, part_bytes: int, on_error: str,
-                 skipped: Counter) -> dict[str, int]:
+def _parse_files(
+    files: list[tuple[str, Path, bool]], work: Path, part_bytes: int, on_error: str, skipped: Counter
+) -> dict[str, int]:
     """Parse corpus / queries into Parquet parts. Returns parts per kind; bad rows raise or are counted."""
     from nvembed.data.parts import byte_parts
 
@@ -221,8 +262,16 @@ def _parse_files(files: list[tuple[str, Path, bool]], work: Path, part_bytes: in
         ranges = byte_parts(path, part_bytes)
         parts[kind] = len(ranges)
         for i, (a, b) in enumerate(ranges):
-            items.append({"part": len(items), "src": str(path), "start": a, "end": b, "with_title": title,
-                          "out": str(work / kind / f"part-{i:05d}.parquet")})
+            items.append(
+                {
+                    "part": len(items),
+                    "src": str(path),
+                    "start": a,
+                    "end": b,
+                    "with_title": title,
+                    "out": str(work / kind / f"part-{i:05d}.parquet"),
+                }
+            )
             starts[len(items) - 1] = (str(path), a)
     errors = []
     for row in _stream(items, _parse_batch, desc="prepare: parse", unit="row", total=0, num_cpus=1):
@@ -238,8 +287,9 @@ def _parse_files(files: list[tuple[str, Path, bool]], work: Path, part_bytes: in
     return parts
 
 
-def _curate_beir_mined(t: CurationTarget, cfg: TrainConfig, local: Path, work: Path, eval_file: str | None,
-                       res: Resources, log: Log) -> dict:
+def _curate_beir_mined(
+    t: CurationTarget, cfg: TrainConfig, local: Path, work: Path, eval_file: str | None, res: Resources, log: Log
+) -> dict:
     import ray
 
     from nvembed.data import parts as P
@@ -249,12 +299,21 @@ def _curate_beir_mined(t: CurationTarget, cfg: TrainConfig, local: Path, work: P
     skipped: Counter = Counter()
     n_parts = _parse_files(
         [("corpus", local / "corpus.jsonl", True), ("queries", local / "queries.jsonl", False)],
-        work, data.curation.part_bytes, data.on_error, skipped,
+        work,
+        data.curation.part_bytes,
+        data.on_error,
+        skipped,
     )
-    linked = ray.get(
+    linked = _get(
         ray.remote(num_cpus=1)(P.link).remote(
-            str(work), n_parts["corpus"], n_parts["queries"], str(local / "qrels" / f"{ds.split}.tsv"),
-            on_error=data.on_error, max_rows=ds.max_rows, seed=cfg.run.seed, name=ds.name,
+            str(work),
+            n_parts["corpus"],
+            n_parts["queries"],
+            str(local / "qrels" / f"{ds.split}.tsv"),
+            on_error=data.on_error,
+            max_rows=ds.max_rows,
+            seed=cfg.run.seed,
+            name=ds.name,
             pairs_per_part=data.curation.pairs_per_part,
         )
     )
@@ -271,29 +330,60 @@ def _curate_beir_mined(t: CurationTarget, cfg: TrainConfig, local: Path, work: P
     mining_dict = dataclasses.asdict(mining)
     actor_args = {"compute": ray.data.ActorPoolStrategy(size=res.workers), "num_cpus": res.cpus, "num_gpus": res.gpus}
     corpus_items = [
-        {"part": i, "src": str(work / "corpus" / f"part-{i:05d}.parquet"), "out": str(work / "emb" / f"part-{i:05d}.npy")}
+        {
+            "part": i,
+            "src": str(work / "corpus" / f"part-{i:05d}.parquet"),
+            "out": str(work / "emb" / f"part-{i:05d}.npy"),
+        }
         for i in range(n_parts["corpus"])
     ]
     n_docs = sum(P.pq_rows(Path(it["src"])) for it in corpus_items)
-    for _ in _stream(corpus_items, EncodeCorpus, desc="prepare: encode corpus", unit="doc", total=n_docs,
-                     fn_constructor_kwargs={"mining": mining_dict, "threads": res.threads}, **actor_args):
+    for _ in _stream(
+        corpus_items,
+        EncodeCorpus,
+        desc="prepare: encode corpus",
+        unit="doc",
+        total=n_docs,
+        fn_constructor_kwargs={"mining": mining_dict, "threads": res.threads},
+        **actor_args,
+    ):
         pass
     instruction = ds.instruction if ds.instruction is not None else instruction_for(ds.task or ds.name, "query")
     settings = {
-        "k": ds.num_negatives or cfg.run.num_negatives, "margin": mining.margin, "depth": mining.depth,
-        "max_known": linked.max_known, "sample_from_top": mining.sample_from_top, "seed": cfg.run.seed,
-        "instruction": instruction, "doc_instruction": ds.doc_instruction, "task": ds.name,
-        "near_threshold": data.near_duplicate_threshold, "eval_texts_file": eval_file,
+        "k": ds.num_negatives or cfg.run.num_negatives,
+        "margin": mining.margin,
+        "depth": mining.depth,
+        "max_known": linked.max_known,
+        "sample_from_top": mining.sample_from_top,
+        "seed": cfg.run.seed,
+        "instruction": instruction,
+        "doc_instruction": ds.doc_instruction,
+        "task": ds.name,
+        "near_threshold": data.near_duplicate_threshold,
+        "eval_texts_file": eval_file,
     }
     pair_items = [
-        {"part": j, "src": str(work / "pairs" / f"part-{j:05d}.parquet"), "out": str(work / "rows" / f"part-{j:05d}.parquet")}
+        {
+            "part": j,
+            "src": str(work / "pairs" / f"part-{j:05d}.parquet"),
+            "out": str(work / "rows" / f"part-{j:05d}.parquet"),
+        }
         for j in range(linked.pair_parts)
     ]
     totals = Counter()
     for row in _stream(
-        pair_items, SearchPairs, desc="prepare: search queries", unit="query", total=linked.pairs,
-        fn_constructor_kwargs={"mining": mining_dict, "threads": res.threads, "work": str(work),
-                               "corpus_parts": n_parts["corpus"], "settings": settings},
+        pair_items,
+        SearchPairs,
+        desc="prepare: search queries",
+        unit="query",
+        total=linked.pairs,
+        fn_constructor_kwargs={
+            "mining": mining_dict,
+            "threads": res.threads,
+            "work": str(work),
+            "corpus_parts": n_parts["corpus"],
+            "settings": settings,
+        },
         **actor_args,
     ):
         totals.update({k: int(row[k]) for k in ("n", "rows", "exact", "near")})
@@ -303,8 +393,14 @@ def _curate_beir_mined(t: CurationTarget, cfg: TrainConfig, local: Path, work: P
     for j in range(linked.pair_parts):
         os.replace(work / "rows" / f"part-{j:05d}.parquet", tmp / f"part-{j:05d}.parquet")
     manifest = {
-        "dataset": ds.name, "key": t.key, "format": ds.format, "source": ds.path, "converted": linked.pairs,
-        "skipped": dict(skipped), "mined": totals["n"], "rows": totals["rows"],
+        "dataset": ds.name,
+        "key": t.key,
+        "format": ds.format,
+        "source": ds.path,
+        "converted": linked.pairs,
+        "skipped": dict(skipped),
+        "mined": totals["n"],
+        "rows": totals["rows"],
         "decontaminated": {"exact": totals["exact"], "near": totals["near"]} if eval_file else None,
         "by": f"ray-data ({res.workers} workers, {n_docs} documents, {n_parts['corpus']} corpus parts)",
     }
@@ -313,8 +409,9 @@ def _curate_beir_mined(t: CurationTarget, cfg: TrainConfig, local: Path, work: P
     return manifest
 
 
-def curate_targets_on_ray(cfg: TrainConfig, targets: list[CurationTarget], decon_paths: list[Path], cache_dir: Path,
-                          log: Log = print) -> list[dict]:
+def curate_targets_on_ray(
+    cfg: TrainConfig, targets: list[CurationTarget], decon_paths: list[Path], cache_dir: Path, log: Log = print
+) -> list[dict]:
     """Curate every incomplete target on the connected Ray cluster; returns their manifests."""
     import ray
 
@@ -329,13 +426,15 @@ def curate_targets_on_ray(cfg: TrainConfig, targets: list[CurationTarget], decon
     if decon_paths:
         eval_file = str(cache_dir / "work" / f"eval-texts-{os.getpid()}.json")
         Path(eval_file).parent.mkdir(parents=True, exist_ok=True)
-        n = ray.get(ray.remote(num_cpus=1)(_eval_texts_task).remote([str(p) for p in decon_paths], eval_file))
+        n = _get(ray.remote(num_cpus=1)(_eval_texts_task).remote([str(p) for p in decon_paths], eval_file))
         log(f"prepare: decontamination set: {n} evaluation texts from {len(decon_paths)} sources")
     manifests = []
     for t in todo:
         ds = t.ds
-        if curated.is_remote(ds.path):  # one copy into the cache, read by the pipeline (never downloaded twice)
-            local = Path(ray.get(ray.remote(num_cpus=1)(fetch_remote).remote(ds.path, cache_dir / "remote")))
+        if curated.is_remote(ds.path):
+            # one streamed copy into the (shared) cache, by the driver, which holds the credentials; the pipeline
+            # reads the copy, so the object is downloaded once, and a cached dataset is never looked up remotely
+            local = fetch_remote(ds.path, cache_dir / "remote")
         else:
             local = resolve_path(ds.path, None).resolve()
         log(f"prepare: {ds.name}: {ds.format} from {ds.path}" + (" (mining)" if ds.mine_negatives else ""))
@@ -343,12 +442,21 @@ def curate_targets_on_ray(cfg: TrainConfig, targets: list[CurationTarget], decon
             work = cache_dir / "work" / t.folder.name
             manifest = _curate_beir_mined(t, cfg, local, work, eval_file, res, log)
         else:
-            task = ray.remote(_convert_task).options(
-                num_cpus=res.cpus, num_gpus=res.gpus if ds.mine_negatives else 0
-            )
+            task = ray.remote(_convert_task).options(num_cpus=res.cpus, num_gpus=res.gpus if ds.mine_negatives else 0)
             ds_local = dataclasses.replace(ds, path=str(local))
-            manifest = ray.get(task.remote(ds_local, cfg.run.num_negatives, cfg.data, cfg.run.seed, str(cache_dir),
-                                           eval_file, str(t.folder), t.key, res.threads))
+            manifest = _get(
+                task.remote(
+                    ds_local,
+                    cfg.run.num_negatives,
+                    cfg.data,
+                    cfg.run.seed,
+                    str(cache_dir),
+                    eval_file,
+                    str(t.folder),
+                    t.key,
+                    res.threads,
+                )
+            )
         log(f"prepare: {ds.name}: {describe(manifest)}")
         manifests.append(manifest)
     if eval_file:

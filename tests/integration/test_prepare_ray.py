@@ -46,8 +46,14 @@ def make_beir(folder: Path, n_docs: int = 240, n_queries: int = 40, seed: int = 
 
 def stage_cfg(beir: Path, cache: Path, workers: int = 1, **data_kw) -> TrainConfig:
     cfg = TrainConfig()
-    ds = DatasetConfig(name="toy", format="beir", path=str(beir), split="train", mine_negatives=True,
-                       instruction="Given a topic, retrieve passages about it")  # a name the registry lacks
+    ds = DatasetConfig(
+        name="toy",
+        format="beir",
+        path=str(beir),
+        split="train",
+        mine_negatives=True,
+        instruction="Given a topic, retrieve passages about it",
+    )  # a name the registry lacks
     mining = MiningConfig(k=3, depth=20, max_length=64, batch_size=32)
     data = DataConfig(datasets=[ds], mining=mining, cache_dir=str(cache), **data_kw)
     data.curation.workers = workers
@@ -91,3 +97,104 @@ def test_ray_pipeline_mines_what_the_single_process_path_mines(tmp_path, workers
     manifest = curated.read_manifest(next((tmp_path / "ray" / "curated").glob("toy-*")))
     assert manifest["by"].startswith(f"ray-data ({workers} workers") and manifest["rows"] == len(got)
     assert not (tmp_path / "ray" / "work" / next((tmp_path / "ray" / "curated").glob("toy-*")).name).exists()
+
+
+def _bad_line(beir: Path, line: int, text: str) -> None:
+    lines = (beir / "corpus.jsonl").read_text().splitlines()
+    lines[line - 1] = text
+    (beir / "corpus.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_malformed_row_stops_with_file_and_line_or_is_counted_and_skipped(tmp_path):
+    from nvembed.data.readers import DataError
+
+    beir = make_beir(tmp_path / "toy")
+    _bad_line(beir, 150, '{"_id": "d149", "text": ')  # in the middle: neither the first nor the last part
+    cfg = stage_cfg(beir, tmp_path / "cache")
+    with pytest.raises(DataError) as err:
+        ray_rows(cfg)
+    assert str(err.value).startswith(f"{beir / 'corpus.jsonl'}:150: invalid JSON")
+    assert not list((tmp_path / "cache" / "curated").glob("toy-*")), "a failed prepare published a dataset"
+
+    cfg.data.on_error = "skip"
+    rows = ray_rows(cfg)["toy"]
+    manifest = curated.read_manifest(next((tmp_path / "cache" / "curated").glob("toy-*")))
+    assert manifest["skipped"] == {"invalid JSON": 1} and manifest["rows"] == len(rows)
+    reference = local_rows(stage_cfg(beir, tmp_path / "local", on_error="skip"), tmp_path / "local")["toy"]
+    assert [r.query for r in rows] == [r.query for r in reference]  # nothing else was lost
+
+
+def test_stage_two_and_a_rerun_reuse_the_mined_rows(tmp_path):
+    beir = make_beir(tmp_path / "toy")
+    first: list[str] = []
+    rows = ray_rows(stage_cfg(beir, tmp_path / "cache"), first.append)["toy"]
+    assert any("prepare: toy: beir" in line for line in first)
+    again = stage_cfg(beir, tmp_path / "cache", workers=2)  # stage 2's mining section: other batch size / shards
+    again.data.mining.batch_size, again.data.mining.shard_size, again.data.datasets[0].weight = 8, 100, 3.0
+    second: list[str] = []
+    assert [r.to_dict() for r in ray_rows(again, second.append)["toy"]] == [r.to_dict() for r in rows]
+    assert not any("prepare: toy: beir" in line for line in second) and any("cached" in line for line in second)
+    changed = stage_cfg(beir, tmp_path / "cache")
+    changed.data.mining.margin = 0.9  # changes which negatives are kept: mined again
+    third: list[str] = []
+    ray_rows(changed, third.append)
+    assert any("prepare: toy: beir" in line for line in third)
+
+
+@pytest.fixture
+def s3_recording():
+    """moto's S3 server on loopback, recording every request it serves (moto's own recorder API)."""
+    import os
+
+    import boto3
+    import requests
+    from moto.server import ThreadedMotoServer
+
+    os.environ["MOTO_ENABLE_RECORDING"] = "True"
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    env = {
+        "AWS_ENDPOINT_URL_S3": url,
+        "AWS_ACCESS_KEY_ID": "t",
+        "AWS_SECRET_ACCESS_KEY": "t",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    client = boto3.client("s3", endpoint_url=url)
+    client.create_bucket(Bucket="data")
+    requests.post(f"{url}/moto-api/recorder/reset-recording")
+    requests.post(f"{url}/moto-api/recorder/start-recording")
+
+    def requests_for(key: str, method: str = "GET") -> int:
+        log = requests.get(f"{url}/moto-api/recorder/download-recording").text
+        records = [json.loads(line) for line in log.splitlines() if line.strip()]
+        return sum(1 for r in records if r["method"] == method and r["url"].endswith(key))
+
+    try:
+        yield client, requests_for, server
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        os.environ.pop("MOTO_ENABLE_RECORDING", None)
+        server.stop()
+
+
+def test_object_store_dataset_is_read_once_and_a_rerun_needs_no_endpoint(tmp_path, s3_recording):
+    client, requests_for, server = s3_recording
+    rows = [{"query": f"what is {w}", "positive": f"{w} is a word", "negatives": [f"{w}s are not"]} for w in WORDS]
+    client.put_object(Bucket="data", Key="sets/pairs.jsonl", Body="".join(json.dumps(r) + "\n" for r in rows))
+    cfg = TrainConfig()
+    ds = DatasetConfig(name="pairs", format="triplets", path="s3://data/sets/pairs.jsonl", instruction="Find it")
+    cfg.data = DataConfig(datasets=[ds], cache_dir=str(tmp_path / "cache"))
+    cfg.run.output_dir = str(tmp_path / "run")
+    got = ray_rows(cfg)["pairs"]
+    assert [r.query for r in got] == [r["query"] for r in rows]
+    assert requests_for("/data/sets/pairs.jsonl") == 1  # one download, none for the cache key
+    assert len(list((tmp_path / "cache" / "remote").rglob("pairs.jsonl"))) == 1
+    server.stop()  # the rerun must not need the endpoint at all
+    lines: list[str] = []
+    assert [r.to_dict() for r in ray_rows(cfg, lines.append)["pairs"]] == [r.to_dict() for r in got]
+    assert any("cached" in line for line in lines)
