@@ -27,7 +27,7 @@ demo: setup
 	$(VENV)/bin/nvembed demo
 
 test: setup
-	RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.2 DS_ACCELERATOR=cpu $(PY) -m pytest
+	RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.2 DS_ACCELERATOR=cpu $(PY) -m pytest --durations=20
 
 test-slow: setup
 	$(PY) -m pytest -m slow

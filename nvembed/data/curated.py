@@ -218,3 +218,86 @@ def _beir_eval_queries(folder: Path) -> list[str]:
         if (wanted is None or str(row.get("_id")) in wanted) and isinstance(row.get("text"), str):
             out.append(row["text"])
     return out
+
+
+# ----------------------------------------------------------------------------------------------- reading without rows
+
+
+def _parts(folder: str | Path) -> list[Path]:
+    if not is_complete(folder):
+        raise FileNotFoundError(f"{folder}: not a complete curated dataset (no manifest.json)")
+    return sorted(Path(folder).glob("part-*.parquet"))
+
+
+def _ordered_batches(folder: str | Path, columns: list[str]):
+    """Record batches of ``columns`` in ``row_id`` order (parts hold increasing, disjoint row-id ranges)."""
+    import pyarrow.parquet as pq
+
+    parts = _parts(folder)
+    firsts = []
+    for p in parts:
+        ids = pq.read_table(p, columns=["row_id"])["row_id"]
+        firsts.append(ids[0].as_py() if len(ids) else -1)
+    for _, p in sorted(zip(firsts, parts, strict=True)):
+        yield from pq.ParquetFile(p).iter_batches(columns=columns, batch_size=8192)
+
+
+def positive_keys(folder: str | Path):
+    """One 64-bit hash of the normalised positive per row, in row order: what the batcher needs to keep a global
+    batch's positives distinct, at 8 bytes a row instead of the rows (the driver's plan, docs/curation.md)."""
+    import numpy as np
+
+    from nvembed.data.converters import normalise
+
+    out = []
+    for batch in _ordered_batches(folder, ["positive"]):
+        out.append(
+            np.fromiter(
+                (
+                    int.from_bytes(
+                        hashlib.blake2b(normalise(t).encode(), digest_size=8).digest(), "little", signed=True
+                    )
+                    for t in batch.column(0).to_pylist()
+                ),
+                dtype=np.int64,
+            )
+        )
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def sample_rows(folder: str | Path, per_instruction: int = 256) -> list[TrainingExample]:
+    """Up to ``per_instruction`` rows for each distinct (instruction, doc_instruction) of a curated dataset, read in
+    batches: what the driver's preflight checks (instruction vs token limits) need, without the dataset."""
+    counts: dict[tuple, int] = {}
+    out = []
+    cols = ["query", "positive", "instruction", "doc_instruction", "task", "task_type", "in_batch_negatives"]
+    for batch in _ordered_batches(folder, cols):
+        for rec in batch.to_pylist():
+            key = (rec["instruction"], rec["doc_instruction"])
+            if counts.get(key, 0) < per_instruction:
+                counts[key] = counts.get(key, 0) + 1
+                out.append(TrainingExample.from_dict(rec))
+    return out
+
+
+class CuratedStore:
+    """The rows of several curated datasets, held as Arrow tables (compact, no Python objects until asked) in row
+    order; a training worker resolves its plan's ``(dataset, index)`` references with :meth:`rows`."""
+
+    def __init__(self, sources: dict[str, str]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.tables = {}
+        for name, folder in sources.items():
+            table = pa.concat_tables([pq.read_table(p) for p in _parts(folder)])
+            self.tables[name] = table.sort_by("row_id")
+
+    def rows(self, refs: list[tuple[str, int]]) -> list[TrainingExample]:
+        out = []
+        for name, idx in refs:
+            rec = self.tables[name].slice(idx, 1).to_pylist()[0]
+            rec.pop("row_id")
+            rec["negatives"] = list(rec["negatives"] or [])
+            out.append(TrainingExample.from_dict(rec))
+        return out

@@ -1,9 +1,12 @@
 """The step plan: which rows each rank trains on at each step, fixed before any worker starts.
 
 The driver draws every global batch with :class:`BlendedBatcher` (weighted blend, seeded shuffles, distinct positives
-per global batch when in-batch negatives are on) and writes them as Parquet with ``step`` and ``rank`` columns.
-Workers stream their own rows with Ray Data (``rank == r and step > resumed step``), so:
+per global batch when in-batch negatives are on) over the curated datasets' positive hashes, not their rows, and
+writes ``(step, rank, dataset, row)`` references as Parquet, with ``sources.json`` naming each dataset's curated
+folder (nvembed/data/curated.py). Workers stream their own references with Ray Data (``rank == r and step > resumed
+step``) and resolve them against the curated rows they load (:class:`nvembed.data.curated.CuratedStore`), so:
 
+* the driver's memory grows by a hash and a shuffle position per row (~50 bytes), not by the rows;
 * every rank runs exactly the same number of steps whatever the sizes of the source datasets (no collective
   waits on a rank that ran out of data);
 * a restarted run continues at the exact data position: the step is the position;
@@ -18,36 +21,19 @@ import os
 import shutil
 from pathlib import Path
 
-from nvembed.data.schema import TrainingExample
-
-COLUMNS = (
-    "step",
-    "rank",
-    "query",
-    "positive",
-    "negatives",
-    "instruction",
-    "doc_instruction",
-    "task",
-    "task_type",
-    "in_batch_negatives",
-)
+COLUMNS = ("step", "rank", "dataset", "row")
 STEPS_PER_FILE = 2000
 
 
-def plan_key(datasets: dict[str, list[TrainingExample]], extra: dict) -> str:
-    h = hashlib.sha1(json.dumps(extra, sort_keys=True).encode())
-    for name in sorted(datasets):
-        h.update(name.encode())
-        for r in datasets[name]:
-            h.update(r.query.encode())
-            h.update(r.positive.encode())
-            h.update("\x1f".join(r.negatives).encode())
-    return h.hexdigest()[:16]
+def plan_key(sources: dict[str, str], extra: dict) -> str:
+    """The plan's identity: the curated folders (named by their keys) and the drawing settings."""
+    blob = {"sources": {n: Path(f).name for n, f in sorted(sources.items())}, "extra": extra}
+    return hashlib.sha1(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def write_plan(batcher, num_steps: int, world: int, folder: str | Path) -> Path:
-    """Draw ``num_steps`` global batches; write ``folder/rank-<r>/part-*.parquet`` (one folder per rank).
+def write_plan(batcher, num_steps: int, world: int, folder: str | Path, sources: dict[str, str]) -> Path:
+    """Draw ``num_steps`` global batches (``batcher.next_refs()``); write ``folder/rank-<r>/part-*.parquet`` (one
+    folder per rank) and ``folder/sources.json`` (dataset -> curated folder).
 
     The folder is built under a temporary name and renamed when complete (``_SUCCESS`` marks it), so a crash
     never leaves a half-written plan that a restarted run would trust.
@@ -77,15 +63,17 @@ def write_plan(batcher, num_steps: int, world: int, folder: str | Path) -> Path:
         part += 1
 
     for step in range(1, num_steps + 1):
-        for slot, row in enumerate(batcher.next_batch()):
+        for slot, (name, idx) in enumerate(batcher.next_refs()):
             cols = columns[slot // per_rank]
             cols["step"].append(step)
             cols["rank"].append(slot // per_rank)
-            for c in COLUMNS[2:]:
-                cols[c].append(getattr(row, c))
+            cols["dataset"].append(name)
+            cols["row"].append(int(idx))
         if step % STEPS_PER_FILE == 0:
             flush()
     flush()
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "sources.json").write_text(json.dumps({n: str(Path(f).resolve()) for n, f in sources.items()}))
     (tmp / "_SUCCESS").write_text(json.dumps({"steps": num_steps, "world": world, "per_rank": per_rank}))
     if folder.exists():
         shutil.rmtree(folder)
@@ -101,14 +89,5 @@ def rank_files(folder: str | Path, rank: int) -> list[str]:
     return files
 
 
-def row_from_record(record: dict) -> TrainingExample:
-    return TrainingExample(
-        query=record["query"],
-        positive=record["positive"],
-        negatives=list(record["negatives"] or []),
-        instruction=record["instruction"],
-        doc_instruction=record["doc_instruction"],
-        task=record["task"],
-        task_type=record["task_type"],
-        in_batch_negatives=bool(record["in_batch_negatives"]),
-    )
+def plan_sources(folder: str | Path) -> dict[str, str]:
+    return json.loads((Path(folder) / "sources.json").read_text())

@@ -479,6 +479,9 @@ def stage_targets(cfg: TrainConfig) -> tuple[list[CurationTarget], list[Path], P
 
 def prepare_stage_data(cfg: TrainConfig, log: Log = print) -> list[CurationTarget]:
     """Curate what the stage lacks (Ray must be connected); return its targets, all complete."""
+    from nvembed.training.preflight import check_instructions_registered
+
+    check_instructions_registered(cfg)  # before any data is read
     targets, decon, cache = stage_targets(cfg)
     for t in targets:
         if t.done:

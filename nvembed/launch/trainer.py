@@ -16,7 +16,6 @@ from nvembed.data.plan import plan_key, write_plan
 from nvembed.launch.storage import STORAGE_ENV_KEYS, alive_nodes, check_shared_paths, train_storage
 from nvembed.progress import follow_metrics
 from nvembed.training.precision import resolve_precision
-from nvembed.training.stage import make_batcher
 
 
 def make_trainer(
@@ -88,14 +87,18 @@ def worker_env_for(cfg: TrainConfig) -> dict[str, str]:
 
 def prepare_stage(cfg: TrainConfig, log: Callable[[str], None] = print) -> str:
     """On the driver, before any worker starts: curate what the stage lacks on the Ray cluster (``nvembed
-    prepare``'s pipeline; bad rows stop here with file:line), check the rows, then write the step plan. Returns the
+    prepare``'s pipeline; bad rows stop here with file:line), check instructions against token limits on samples of
+    the curated rows, then draw the step plan from positive hashes (the driver never loads the rows). Returns the
     plan folder."""
-    from nvembed.data.build import load_targets
+    from nvembed.data import curated
     from nvembed.launch.prepare import prepare_stage_data
+    from nvembed.training.batching import BlendedBatcher
     from nvembed.training.preflight import check_stage_inputs
 
-    rows = load_targets(prepare_stage_data(cfg, log), set(), log)  # the plan is drawn from the rows (docs/curation.md)
-    check_stage_inputs(cfg, rows)  # instructions vs token limits, dev data: fails here, not at a worker's first step
+    targets = prepare_stage_data(cfg, log)
+    sources = {t.ds.name: str(t.folder) for t in targets}
+    # instructions vs token limits, dev data: fails here, not at a worker's first step
+    check_stage_inputs(cfg, {name: curated.sample_rows(folder) for name, folder in sources.items()})
     world = cfg.scaling.num_workers
     extra = {
         "steps": cfg.run.max_steps,
@@ -105,8 +108,16 @@ def prepare_stage(cfg: TrainConfig, log: Callable[[str], None] = print) -> str:
         "weights": {d.name: d.weight for d in cfg.data.datasets},
         "in_batch": cfg.in_batch_negatives,
     }
-    folder = Path(cfg.run.output_dir) / "plan" / plan_key(rows, extra)
-    write_plan(make_batcher(cfg, rows, rank=0, world=1), cfg.run.max_steps, world, folder)
+    folder = Path(cfg.run.output_dir) / "plan" / plan_key(sources, extra)
+    keys = {name: curated.positive_keys(f) for name, f in sources.items()}
+    empty = [name for name, k in keys.items() if len(k) == 0]
+    if empty:
+        raise ValueError(f"datasets with no curated rows: {empty} ({[sources[n] for n in empty]})")
+    weights = {d.name: d.weight for d in cfg.data.datasets if d.name in keys}
+    batcher = BlendedBatcher(
+        keys, weights, cfg.run.batch_size, seed=cfg.run.seed * 1000, unique_positives=cfg.in_batch_negatives, key=int
+    )  # = make_batcher(rank 0, world 1)
+    write_plan(batcher, cfg.run.max_steps, world, folder, sources)
     log(f"plan: {cfg.run.max_steps} steps x {cfg.run.batch_size} rows over {world} workers -> {folder}")
     return str(folder)
 

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from nvembed.config import TrainConfig, from_dict
-from nvembed.data.plan import rank_files, row_from_record
+from nvembed.data.curated import CuratedStore
+from nvembed.data.plan import plan_sources, rank_files
 from nvembed.modeling.builders import resolve_model_path
 from nvembed.training.driver import RunContext, train_stage
 from nvembed.training.stage import (
@@ -31,12 +32,14 @@ from nvembed.training.stage import (
 
 
 def plan_batches(plan_dir: str, rank: int, start_step: int, per_rank: int, collator):
-    """This rank's batches for steps > ``start_step``, streamed by Ray Data in step order."""
+    """This rank's batches for steps > ``start_step``: the plan's references streamed by Ray Data in step order,
+    resolved against the curated rows this worker loads (the driver never held them; nvembed/data/plan.py)."""
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False
+    store = CuratedStore(plan_sources(plan_dir))
     ds = ray.data.read_parquet(rank_files(plan_dir, rank))
     if start_step:
         ds = ds.filter(expr=f"step > {start_step}")
@@ -45,7 +48,7 @@ def plan_batches(plan_dir: str, rank: int, start_step: int, per_rank: int, colla
         steps = {r["step"] for r in records}
         if len(steps) != 1 or len(records) != per_rank:
             raise RuntimeError(f"rank {rank}: plan batch misaligned (steps {sorted(steps)}, {len(records)} rows)")
-        yield collator([row_from_record(r) for r in records])
+        yield collator(store.rows([(r["dataset"], r["row"]) for r in records]))
 
 
 class RayTrainStore:

@@ -10,7 +10,7 @@ same sequence of batches as an uninterrupted one.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any
 
 from nvembed.data.converters import normalise
@@ -26,6 +26,9 @@ class BlendedBatcher:
         batch_size: rows per batch (per rank when each rank has its own batcher).
         seed: controls shuffles and dataset picks.
         unique_positives: refuse duplicate positive texts inside a batch (set when in-batch negatives are on).
+        key: what "the same positive" means for an item of ``datasets`` (default: the normalised positive text of a
+            row). The Ray driver passes one positive hash per curated row instead of the rows
+            (nvembed/data/curated.py ``positive_keys``) and draws the plan with :meth:`next_refs`.
     """
 
     def __init__(
@@ -35,8 +38,9 @@ class BlendedBatcher:
         batch_size: int = 32,
         seed: int = 0,
         unique_positives: bool = True,
+        key: Callable[[Any], Hashable] | None = None,
     ) -> None:
-        empty = [name for name, rows in datasets.items() if not rows]
+        empty = [name for name, rows in datasets.items() if len(rows) == 0]
         if empty:
             raise ValueError(f"datasets with no rows: {empty}")
         self.datasets = dict(datasets)
@@ -53,6 +57,7 @@ class BlendedBatcher:
         self.batch_size = batch_size
         self.seed = seed
         self.unique_positives = unique_positives
+        self._key = key or _positive_key
         self._rng = random.Random(seed)
         self._epoch = dict.fromkeys(self.names, 0)
         self._cursor = dict.fromkeys(self.names, 0)
@@ -74,15 +79,15 @@ class BlendedBatcher:
         self._cursor[name] += 1
         return idx
 
-    def next_batch(self) -> list[TrainingExample]:
-        batch: list[TrainingExample] = []
-        seen: set[str] = set()
+    def next_refs(self) -> list[tuple[str, int]]:
+        """The next batch as ``(dataset, index)`` references (what the step plan stores)."""
+        batch: list[tuple[str, int]] = []
+        seen: set[Hashable] = set()
         still_deferred = []
         for name, idx in self._deferred:
-            row = self.datasets[name][idx]
-            key = normalise(row.positive)
+            key = self._key(self.datasets[name][idx])
             if len(batch) < self.batch_size and key not in seen:
-                batch.append(row)
+                batch.append((name, idx))
                 seen.add(key)
             else:
                 still_deferred.append((name, idx))
@@ -91,8 +96,7 @@ class BlendedBatcher:
         while len(batch) < self.batch_size:
             name = self._rng.choices(self.names, weights=self.weights)[0]
             idx = self._next_index(name)
-            row = self.datasets[name][idx]
-            key = normalise(row.positive)
+            key = self._key(self.datasets[name][idx])
             if self.unique_positives and key in seen:
                 attempts += 1
                 if attempts > 100 * self.batch_size:
@@ -100,10 +104,13 @@ class BlendedBatcher:
                 if len(self._deferred) < 10 * self.batch_size:
                     self._deferred.append((name, idx))
                 continue
-            batch.append(row)
+            batch.append((name, idx))
             seen.add(key)
         self.batches_drawn += 1
         return batch
+
+    def next_batch(self) -> list[TrainingExample]:
+        return [self.datasets[name][idx] for name, idx in self.next_refs()]
 
     def __iter__(self) -> Iterator[list[TrainingExample]]:
         while True:
@@ -125,6 +132,10 @@ class BlendedBatcher:
         self._order = {n: self._shuffled(n, self._epoch[n]) for n in self.names}
         self._deferred = [tuple(x) for x in state["deferred"]]
         self.batches_drawn = state["batches_drawn"]
+
+
+def _positive_key(row: TrainingExample) -> str:
+    return normalise(row.positive)
 
 
 def _as_tuple(x: Any) -> Any:

@@ -103,8 +103,11 @@ def _stage(cfg: TrainConfig) -> str:
 
 
 def check_instructions_registered(cfg: TrainConfig) -> None:
-    """Every dataset's instruction key (``task``, else ``name``) is in the registry; the error names the dataset."""
+    """Every dataset without its own ``instruction:`` has an instruction key (``task``, else ``name``) in the
+    registry; the error names the dataset."""
     for i, ds in enumerate(cfg.data.datasets):
+        if ds.instruction is not None:  # the config gives this dataset's instruction itself
+            continue
         try:
             get_instruction(ds.task or ds.name)
         except UnknownTaskError as err:

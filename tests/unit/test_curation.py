@@ -58,3 +58,41 @@ def test_beir_folder_contributes_its_evaluation_queries_not_its_corpus(tmp_path)
     sts = tmp_path / "sts_test.jsonl"
     sts.write_text(json.dumps({"sentence1": "one", "sentence2": "two", "score": 3.0}) + "\n")
     assert curated.evaluation_texts([beir, sts]) == ["a test query", "one", "two"]
+
+
+def test_plan_of_references_resolves_to_the_batches_drawn_from_rows(tmp_path):
+    """The driver draws the plan from positive hashes; resolved by a worker's store it is the row batcher's."""
+    import pyarrow.parquet as pq
+
+    from nvembed.data.plan import plan_sources, rank_files, write_plan
+    from nvembed.data.schema import TrainingExample
+    from nvembed.training.batching import BlendedBatcher
+
+    def rows(name, n, dup_every):  # repeated positives: the distinct-positive rule must bite
+        return [
+            TrainingExample(f"{name} q{i}", f"{name} Doc {i // dup_every}", [f"n{i}"], "Find it", None, name)
+            for i in range(n)
+        ]
+
+    data = {"a": rows("a", 90, 3), "b": rows("b", 40, 1)}
+    sources = {}
+    for name, rs in data.items():
+        folder = curated.curated_folder(tmp_path, name, "k" + name)
+        curated.write_curated(folder, rs, {"dataset": name})
+        sources[name] = str(folder)
+    keys = {n: curated.positive_keys(f) for n, f in sources.items()}
+    weights = {"a": 2.0, "b": 1.0}
+    batcher = BlendedBatcher(keys, weights, batch_size=8, seed=7, unique_positives=True, key=int)
+    plan = write_plan(batcher, 30, 2, tmp_path / "plan", sources)
+    store = curated.CuratedStore(plan_sources(plan))
+    reference = BlendedBatcher({n: curated.load_curated(f) for n, f in sources.items()}, weights, 8, seed=7)
+    by_rank = [pq.read_table(rank_files(plan, r)).to_pylist() for r in (0, 1)]
+    for step in range(1, 31):
+        refs = [(x["dataset"], x["row"]) for r in (0, 1) for x in by_rank[r] if x["step"] == step]
+        got = store.rows(refs)
+        assert [g.to_dict() for g in got] == [r.to_dict() for r in reference.next_batch()]
+        assert len({g.positive for g in got}) == 8
+    samples = curated.sample_rows(sources["a"], per_instruction=5)  # what preflight sees: no negatives read
+    assert [(r.query, r.positive, r.instruction) for r in samples] == [
+        (r.query, r.positive, r.instruction) for r in data["a"][:5]
+    ]
