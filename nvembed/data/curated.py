@@ -72,7 +72,10 @@ def _file_stamp(f: Path) -> dict:
 
 
 def mining_key(mining: MiningConfig) -> dict:
-    return {k: getattr(mining, k) for k in MINING_RESULT_FIELDS}
+    key = {k: getattr(mining, k) for k in MINING_RESULT_FIELDS}
+    if mining.teacher and Path(mining.teacher).is_dir():  # a local teacher retrained in place mines other rows
+        key["teacher_files"] = source_fingerprint(mining.teacher, Path(mining.teacher))
+    return key
 
 
 def curation_key(
@@ -145,8 +148,13 @@ def publish(tmp: Path, folder: Path, manifest: dict) -> Path:
         if is_complete(folder):
             shutil.rmtree(tmp, ignore_errors=True)
             return folder
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+        shutil.rmtree(folder, ignore_errors=True)
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another writer published the same key in between: its rows are these rows
+        if not is_complete(folder):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
@@ -229,8 +237,8 @@ def _parts(folder: str | Path) -> list[Path]:
     return sorted(Path(folder).glob("part-*.parquet"))
 
 
-def _ordered_batches(folder: str | Path, columns: list[str]):
-    """Record batches of ``columns`` in ``row_id`` order (parts hold increasing, disjoint row-id ranges)."""
+def _ordered_parts(folder: str | Path) -> list[Path]:
+    """The parts in ``row_id`` order (each holds an increasing run of row ids; the runs do not overlap)."""
     import pyarrow.parquet as pq
 
     parts = _parts(folder)
@@ -238,7 +246,14 @@ def _ordered_batches(folder: str | Path, columns: list[str]):
     for p in parts:
         ids = pq.read_table(p, columns=["row_id"])["row_id"]
         firsts.append(ids[0].as_py() if len(ids) else -1)
-    for _, p in sorted(zip(firsts, parts, strict=True)):
+    return [p for _, p in sorted(zip(firsts, parts, strict=True))]
+
+
+def _ordered_batches(folder: str | Path, columns: list[str]):
+    """Record batches of ``columns`` in ``row_id`` order."""
+    import pyarrow.parquet as pq
+
+    for p in _ordered_parts(folder):
         yield from pq.ParquetFile(p).iter_batches(columns=columns, batch_size=8192)
 
 
@@ -281,22 +296,41 @@ def sample_rows(folder: str | Path, per_instruction: int = 256) -> list[Training
 
 
 class CuratedStore:
-    """The rows of several curated datasets, held as Arrow tables (compact, no Python objects until asked) in row
-    order; a training worker resolves its plan's ``(dataset, index)`` references with :meth:`rows`."""
+    """Rows of curated datasets held as Arrow tables (compact; Python objects only when asked for); a training
+    worker resolves its plan's ``(dataset, position)`` references with :meth:`rows`.
 
-    def __init__(self, sources: dict[str, str]) -> None:
+    ``needed`` (dataset -> positions) keeps only the rows a rank's plan references: the store reads one part at a
+    time and takes those rows, so a rank holds its share of the data, not every dataset.
+    """
+
+    def __init__(self, sources: dict[str, str], needed: dict[str, Iterable[int]] | None = None) -> None:
+        import numpy as np
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        self.tables = {}
+        self.tables: dict = {}
+        self.where: dict[str, dict[int, int]] = {}
         for name, folder in sources.items():
-            table = pa.concat_tables([pq.read_table(p) for p in _parts(folder)])
-            self.tables[name] = table.sort_by("row_id")
+            want = None
+            if needed is not None:
+                want = np.unique(np.fromiter(needed.get(name, ()), dtype=np.int64))
+            pieces, where, offset, kept = [], {}, 0, 0
+            for part in _ordered_parts(folder):
+                table = pq.read_table(part)
+                n = table.num_rows
+                sel = np.arange(n) if want is None else want[(want >= offset) & (want < offset + n)] - offset
+                if len(sel):
+                    pieces.append(table.take(pa.array(sel)))
+                    where.update({int(offset + i): kept + j for j, i in enumerate(sel)})
+                    kept += len(sel)
+                offset += n
+            self.tables[name] = pa.concat_tables(pieces) if pieces else None
+            self.where[name] = where
 
     def rows(self, refs: list[tuple[str, int]]) -> list[TrainingExample]:
         out = []
         for name, idx in refs:
-            rec = self.tables[name].slice(idx, 1).to_pylist()[0]
+            rec = self.tables[name].slice(self.where[name][int(idx)], 1).to_pylist()[0]
             rec.pop("row_id")
             rec["negatives"] = list(rec["negatives"] or [])
             out.append(TrainingExample.from_dict(rec))

@@ -22,6 +22,7 @@ after a crash continues where the crash left it.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import random
@@ -86,6 +87,12 @@ def _atomic_parquet(table, out: Path) -> None:
     os.replace(tmp, out)
 
 
+def _atomic_text(text: str, out: Path) -> None:
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, out)
+
+
 def _atomic_npy(array: np.ndarray, out: Path) -> None:
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.npy")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -114,8 +121,9 @@ def parse_part(path: str | Path, start: int, end: int, out: str | Path, *, with_
     ids, texts, lines, hashes, errors = [], [], [], [], []
     with open(path, "rb") as fh:
         fh.seek(start)
-        data = fh.read(end - start)
-    for i, raw in enumerate(data.decode("utf-8").split("\n"), start=1):
+        data = fh.read(end - start)  # whole lines: byte_parts cuts after a newline
+    # universal newlines, as the single-process reader's text mode (a lone \r ends a line there too)
+    for i, raw in enumerate(io.StringIO(data.decode("utf-8"), newline=None), start=1):
         if not raw.strip():
             continue
         try:
@@ -143,7 +151,7 @@ def parse_part(path: str | Path, start: int, end: int, out: str | Path, *, with_
     )
     meta = {"n": len(ids), "errors": errors}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(meta))  # before the Parquet: its existence marks the part done
+    _atomic_text(json.dumps(meta), out.with_suffix(".json"))  # before the Parquet, whose existence marks it done
     _atomic_parquet(table, out)
     return meta
 
@@ -252,8 +260,8 @@ def link(
         random.Random(f"{seed}/{name}").shuffle(pairs)
         pairs = pairs[:max_rows]
     known: dict[str, set[int]] = {}
-    for qid, pos in pairs:  # the relevant documents among the kept pairs, as the single-process miner sees them
-        known.setdefault(qid, set()).add(int(canon_all[pos]))
+    for qid, pos in pairs:  # the relevant documents of a query *text* among the kept pairs, as the single-process
+        known.setdefault(queries[qid], set()).add(int(canon_all[pos]))  # miner groups them (two ids, one text)
     n_parts = 0
     for n_parts, start in enumerate(range(0, len(pairs), pairs_per_part), start=1):
         chunk = pairs[start : start + pairs_per_part]
@@ -263,13 +271,13 @@ def link(
                     "row_id": pa.array(range(start, start + len(chunk)), pa.int64()),
                     "query": [queries[q] for q, _ in chunk],
                     "positive": pa.array([p for _, p in chunk], pa.int64()),
-                    "known": [sorted(known[q]) for q, _ in chunk],
+                    "known": [sorted(known[queries[q]]) for q, _ in chunk],
                 }
             ),
             work / "pairs" / f"part-{n_parts - 1:05d}.parquet",
         )
     result = LinkResult(len(pairs), n_parts, max((len(s) for s in known.values()), default=1), dict(skipped), None)
-    done.write_text(json.dumps(result.to_dict()))
+    _atomic_text(json.dumps(result.to_dict()), done)
     return result
 
 
@@ -389,7 +397,8 @@ def search_pairs_part(
         pos = corpus.canon[positives[b : b + query_batch]]
         pos_vec = corpus.vectors(pos)  # [n, D]
         pos_scores = np.sum(q * pos_vec, axis=1)  # [n]
-        scores, ids = corpus.top(q, min(want + min(extra, want), len(corpus.canon)), threads)  # [n, m]
+        # every duplicate copy may rank above the unique texts: fetch enough rows to keep ``want`` after folding
+        scores, ids = corpus.top(q, min(want + extra, len(corpus.canon)), threads)  # [n, m]
         for j in range(len(q)):
             cand = corpus.canon[ids[j]]
             keep = cand >= 0
@@ -418,5 +427,5 @@ def search_pairs_part(
     table = table.set_column(0, "row_id", pa.array(ids_kept, type=pa.int64()))
     meta = {"n": len(queries), "rows": len(rows), "exact": exact, "near": near}
     _atomic_parquet(table, out)
-    meta_file.write_text(json.dumps(meta))
+    _atomic_text(json.dumps(meta), meta_file)
     return meta

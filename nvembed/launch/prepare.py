@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from nvembed.config import DataConfig, MiningConfig, TrainConfig
+from nvembed.config import ConfigError, DataConfig, MiningConfig, TrainConfig
 from nvembed.data import curated
 from nvembed.data.build import CurationTarget, curation_targets, resolve_path
 from nvembed.data.readers import DataError
@@ -274,12 +274,12 @@ def _parse_files(
             )
             starts[len(items) - 1] = (str(path), a)
     errors = []
+    # every part is parsed before the first error is reported: parts finish in any order, and the report must name
+    # the first bad line of the file, as the single-process reader does (parsing is the cheap phase)
     for row in _stream(items, _parse_batch, desc="prepare: parse", unit="row", total=0, num_cpus=1):
         for line, reason in json.loads(row["errors"]):
             path, start = starts[int(row["part"])]
             errors.append((path, start, line, reason))
-        if errors and on_error == "raise":
-            break
     if errors:
         if on_error == "raise":
             _raise_first(errors)
@@ -296,6 +296,9 @@ def _curate_beir_mined(
     from nvembed.data.instructions import instruction_for
 
     ds, data, mining = t.ds, cfg.data, cfg.data.mining
+    qrels = local / "qrels" / f"{ds.split}.tsv"
+    if not qrels.is_file():  # found before any part is parsed
+        raise DataError(qrels, None, "file not found")
     skipped: Counter = Counter()
     n_parts = _parse_files(
         [("corpus", local / "corpus.jsonl", True), ("queries", local / "queries.jsonl", False)],
@@ -420,6 +423,20 @@ def curate_targets_on_ray(
     todo = [t for t in targets if not t.done]
     if not todo:
         return []
+    mining = cfg.data.mining
+    if any(t.ds.mine_negatives for t in todo) and mining.index != "flat":
+        raise ConfigError(
+            f"data.mining.index={mining.index!r}: the Ray pipeline searches exactly (faiss k-NN per corpus part, "
+            "the same result as a flat index); set data.mining.index=flat, or curate with --local for an "
+            "approximate index"
+        )
+    if mining.teacher and Path(mining.teacher).exists():  # actors run in another working directory
+        cfg = dataclasses.replace(
+            cfg,
+            data=dataclasses.replace(
+                cfg.data, mining=dataclasses.replace(mining, teacher=str(Path(mining.teacher).resolve()))
+            ),
+        )
     _quiet_ray_data()
     res = Resources.of(cfg)
     eval_file = None
@@ -428,8 +445,10 @@ def curate_targets_on_ray(
         Path(eval_file).parent.mkdir(parents=True, exist_ok=True)
         n = _get(ray.remote(num_cpus=1)(_eval_texts_task).remote([str(p) for p in decon_paths], eval_file))
         log(f"prepare: decontamination set: {n} evaluation texts from {len(decon_paths)} sources")
-    manifests = []
-    for t in todo:
+    manifests, tasks = [], []
+    # single-task datasets are submitted first and run side by side; the pipelines run one after the other (each
+    # spreads over every worker); then the tasks' results are collected
+    for t in sorted(todo, key=lambda t: t.ds.format == "beir" and t.ds.mine_negatives):
         ds = t.ds
         if curated.is_remote(ds.path):
             # one streamed copy into the (shared) cache, by the driver, which holds the credentials; the pipeline
@@ -439,29 +458,28 @@ def curate_targets_on_ray(
             local = resolve_path(ds.path, None).resolve()
         log(f"prepare: {ds.name}: {ds.format} from {ds.path}" + (" (mining)" if ds.mine_negatives else ""))
         if ds.format == "beir" and ds.mine_negatives:
-            work = cache_dir / "work" / t.folder.name
+            # the parts' layout names the work folder: a resumed run with other part sizes starts a new one
+            work = cache_dir / "work" / f"{t.folder.name}-p{data_layout(cfg)}"
             manifest = _curate_beir_mined(t, cfg, local, work, eval_file, res, log)
+            log(f"prepare: {ds.name}: {describe(manifest)}")
+            manifests.append(manifest)
         else:
             task = ray.remote(_convert_task).options(num_cpus=res.cpus, num_gpus=res.gpus if ds.mine_negatives else 0)
             ds_local = dataclasses.replace(ds, path=str(local))
-            manifest = _get(
-                task.remote(
-                    ds_local,
-                    cfg.run.num_negatives,
-                    cfg.data,
-                    cfg.run.seed,
-                    str(cache_dir),
-                    eval_file,
-                    str(t.folder),
-                    t.key,
-                    res.threads,
-                )
-            )
-        log(f"prepare: {ds.name}: {describe(manifest)}")
+            args = (ds_local, cfg.run.num_negatives, cfg.data, cfg.run.seed, str(cache_dir), eval_file)
+            tasks.append((ds.name, task.remote(*args, str(t.folder), t.key, res.threads)))
+    for name, ref in tasks:
+        manifest = _get(ref)
+        log(f"prepare: {name}: {describe(manifest)}")
         manifests.append(manifest)
     if eval_file:
         Path(eval_file).unlink(missing_ok=True)
     return manifests
+
+
+def data_layout(cfg: TrainConfig) -> str:
+    c = cfg.data.curation
+    return f"{c.part_bytes}-{c.pairs_per_part}"
 
 
 def describe(m: dict) -> str:

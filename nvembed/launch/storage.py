@@ -62,7 +62,8 @@ def shared_paths(job: JobConfig, stages: list[int] | None = None) -> list[Shared
     ``data.cache_dir`` and Ray Train storage, stage 2's default ``init_from``) follow ``output_dir`` and are covered
     by it. Read-only inputs (a local backbone, dev and evaluation data) only need the same path on every node: a
     relative one resolves inside the project, which every node has (the image, or the job's ``working_dir``).
-    Dataset files and the mining teacher are read on the driver only, so they may stay local.
+    Dataset files, decontamination sources and the mining teacher are read by ``nvembed prepare``'s tasks and actors
+    on any node (an ``s3://`` dataset is copied into ``data.cache_dir`` by the driver, so it may be a URI).
     """
     out = [SharedPath("output_dir", job.output_dir)]
     if job.scaling.storage_path:
@@ -75,6 +76,13 @@ def shared_paths(job: JobConfig, stages: list[int] | None = None) -> list[Shared
             continue
         if stage.data.cache_dir:  # curated rows: a Tune trial's driver may run on any node
             out.append(SharedPath(f"stage{n}.data.cache_dir", stage.data.cache_dir))
+        for i, ds in enumerate(stage.data.datasets):
+            out.append(SharedPath(f"stage{n}.data.datasets[{i}].path", ds.path, written=False, object_store_ok=True))
+        for i, path in enumerate(stage.data.decontaminate):
+            out.append(SharedPath(f"stage{n}.data.decontaminate[{i}]", path, written=False))
+        teacher = stage.data.mining.teacher
+        if teacher and looks_like_path(teacher):
+            out.append(SharedPath(f"stage{n}.data.mining.teacher", teacher, written=False))
         if stage.run.init_from and looks_like_path(stage.run.init_from):
             out.append(SharedPath(f"stage{n}.run.init_from", stage.run.init_from))
     if job.dev is not None:  # every rank reads the dev data

@@ -39,7 +39,15 @@ def plan_batches(plan_dir: str, rank: int, start_step: int, per_rank: int, colla
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False
-    store = CuratedStore(plan_sources(plan_dir))
+    import pyarrow.parquet as pq
+
+    refs = pq.read_table(rank_files(plan_dir, rank), columns=["step", "dataset", "row"]).to_pylist()
+    needed: dict[str, set[int]] = {}
+    for r in refs:
+        if r["step"] > start_step:
+            needed.setdefault(r["dataset"], set()).add(r["row"])
+    store = CuratedStore(plan_sources(plan_dir), needed)  # this rank's rows only
+    del refs
     ds = ray.data.read_parquet(rank_files(plan_dir, rank))
     if start_step:
         ds = ds.filter(expr=f"step > {start_step}")

@@ -28,7 +28,8 @@ def make_beir(folder: Path, n_docs: int = 240, n_queries: int = 40, seed: int = 
     for i in range(n_docs):
         topic = TOPICS[i % len(TOPICS)]
         docs.append({"_id": f"d{i}", "title": topic, "text": " ".join(rng.choices(WORDS, k=8)) + f" {topic} {i % 7}"})
-    docs.append({"_id": "dup", "title": docs[3]["title"], "text": docs[3]["text"]})  # same text, another id
+    # the same text under other ids: 30 copies of one document (boilerplate), folded into one by both paths
+    docs += [{"_id": f"dup{c}", "title": docs[3]["title"], "text": docs[3]["text"]} for c in range(30)]
     (folder / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
     train, queries = ["query-id\tcorpus-id\tscore"], []
     for j in range(n_queries):  # a query shares its topic and three words with its (first) positive
@@ -37,6 +38,7 @@ def make_beir(folder: Path, n_docs: int = 240, n_queries: int = 40, seed: int = 
         queries.append({"_id": f"q{j}", "text": f"{TOPICS[j % len(TOPICS)]} " + " ".join(rng.sample(words, 3))})
         if j < n_queries - 8:  # the last 8 queries are the "test" split
             train += [f"q{j}\td{d}\t1" for d in picks]
+    queries[5]["text"] = queries[4]["text"]  # two ids, one text: their positives are known positives of both
     (folder / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
     (folder / "qrels" / "train.tsv").write_text("\n".join(train) + "\n")
     test = ["query-id\tcorpus-id\tscore"] + [f"q{j}\td{j}\t1" for j in range(n_queries - 8, n_queries)]

@@ -25,7 +25,13 @@ def test_parts_cover_the_file_on_line_boundaries_and_name_global_lines(tmp_path)
         meta = parse_part(f, a, b, tmp_path / "out" / f"part-{i:05d}.parquet", with_title=True)
         seen += meta["n"]
         bad += [(global_line(f, a, line), reason) for line, reason in meta["errors"]]
-    assert seen == 499 and bad == [(312, "invalid JSON: Expecting value at column 24")]
+    from nvembed.data.readers import DataError, read_rows
+
+    try:  # the single-process reader's report of the same file
+        list(read_rows(f))
+    except DataError as err:
+        expected = (err.line, err.reason)
+    assert seen == 499 and bad == [expected] and expected[0] == 312
 
 
 def test_key_changes_with_what_changes_rows_only():
@@ -84,12 +90,17 @@ def test_plan_of_references_resolves_to_the_batches_drawn_from_rows(tmp_path):
     weights = {"a": 2.0, "b": 1.0}
     batcher = BlendedBatcher(keys, weights, batch_size=8, seed=7, unique_positives=True, key=int)
     plan = write_plan(batcher, 30, 2, tmp_path / "plan", sources)
-    store = curated.CuratedStore(plan_sources(plan))
     reference = BlendedBatcher({n: curated.load_curated(f) for n, f in sources.items()}, weights, 8, seed=7)
     by_rank = [pq.read_table(rank_files(plan, r)).to_pylist() for r in (0, 1)]
+    stores = []
+    for r in (0, 1):  # each rank keeps only the rows its plan references
+        needed: dict[str, set[int]] = {}
+        for x in by_rank[r]:
+            needed.setdefault(x["dataset"], set()).add(x["row"])
+        stores.append(curated.CuratedStore(plan_sources(plan), needed))
+        assert sum(len(w) for w in stores[r].where.values()) == sum(map(len, needed.values())) < 130
     for step in range(1, 31):
-        refs = [(x["dataset"], x["row"]) for r in (0, 1) for x in by_rank[r] if x["step"] == step]
-        got = store.rows(refs)
+        got = [stores[r].rows([(x["dataset"], x["row"])])[0] for r in (0, 1) for x in by_rank[r] if x["step"] == step]
         assert [g.to_dict() for g in got] == [r.to_dict() for r in reference.next_batch()]
         assert len({g.positive for g in got}) == 8
     samples = curated.sample_rows(sources["a"], per_instruction=5)  # what preflight sees: no negatives read
