@@ -61,6 +61,21 @@ def fetch_remote(uri: str, cache: Path) -> Path:
     return local
 
 
+def teacher_encoder(teacher, mining: MiningConfig, instruction: str | None):
+    """``texts -> float32 [n, D]`` with the mining teacher at the mining section's batch size and token cap."""
+
+    def encode(texts):
+        return teacher.encode(
+            list(texts),
+            instruction=instruction,
+            batch_size=mining.batch_size,
+            max_length=mining.max_length,
+            show_progress=False,
+        )
+
+    return encode
+
+
 def _mine_for_rows(rows: list[TrainingExample], pool: list[str], teacher, mining: MiningConfig, k: int) -> None:
     """Fill ``row.negatives`` by mining ``pool`` (positives of every row included) with the teacher."""
     from nvembed.mining import mine_hard_negatives
@@ -76,13 +91,7 @@ def _mine_for_rows(rows: list[TrainingExample], pool: list[str], teacher, mining
         known.setdefault(r.query, set()).add(index[r.positive])
 
     def enc(texts, instruction=None):
-        return teacher.encode(
-            list(texts),
-            instruction=instruction,
-            batch_size=mining.batch_size,
-            max_length=mining.max_length,
-            show_progress=False,
-        )
+        return teacher_encoder(teacher, mining, instruction)(texts)
 
     instructions = {r.instruction for r in rows} if mining.use_instructions else {None}
     for instruction in instructions:

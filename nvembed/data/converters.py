@@ -58,6 +58,15 @@ def _read_id_texts(path: Path, policy: ErrorPolicy, with_title: bool) -> dict[st
     return out
 
 
+def qrels_lines(path: str | Path):
+    """``(line number, columns)`` of a qrels TSV, its header line skipped."""
+    with open(path, encoding="utf-8", newline="") as fh:
+        for line, cols in enumerate(csv.reader(fh, delimiter="\t"), start=1):
+            if line == 1 and cols[:2] == ["query-id", "corpus-id"]:
+                continue
+            yield line, cols
+
+
 def qrels_entry(cols: list[str], path: str | Path, line: int) -> tuple[str, str, int]:
     """``(query id, document id, score)`` of one qrels TSV line, or DataError."""
     if len(cols) != 3:
@@ -80,19 +89,16 @@ def load_beir(folder: str | Path, split: str, policy: ErrorPolicy | None = None)
     qrels_path = folder / "qrels" / f"{split}.tsv"
     if not qrels_path.is_file():
         raise DataError(qrels_path, None, "file not found")
-    with open(qrels_path, encoding="utf-8", newline="") as fh:
-        for line, cols in enumerate(csv.reader(fh, delimiter="\t"), start=1):
-            if line == 1 and cols[:2] == ["query-id", "corpus-id"]:
-                continue
-            try:
-                qid, did, value = qrels_entry(cols, qrels_path, line)
-                if qid not in data.queries:
-                    raise DataError(qrels_path, line, f"unknown id: query {qid!r} not in queries.jsonl")
-                if did not in data.corpus:
-                    raise DataError(qrels_path, line, f"unknown id: document {did!r} not in corpus.jsonl")
-                data.qrels.setdefault(qid, {})[did] = value
-            except DataError as err:
-                policy.handle(err)
+    for line, cols in qrels_lines(qrels_path):
+        try:
+            qid, did, value = qrels_entry(cols, qrels_path, line)
+            if qid not in data.queries:
+                raise DataError(qrels_path, line, f"unknown id: query {qid!r} not in queries.jsonl")
+            if did not in data.corpus:
+                raise DataError(qrels_path, line, f"unknown id: document {did!r} not in corpus.jsonl")
+            data.qrels.setdefault(qid, {})[did] = value
+        except DataError as err:
+            policy.handle(err)
     return data
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nvembed.data.converters import decontaminate, id_text, qrels_entry
+from nvembed.data.converters import decontaminate, id_text, qrels_entry, qrels_lines
 from nvembed.data.readers import DataError
 from nvembed.data.schema import TrainingExample
 from nvembed.mining import select_negatives
@@ -238,23 +238,18 @@ def link(
                 queries[rid] = text
 
     qrels: dict[str, dict[str, int]] = {}
-    with open(qrels_path, encoding="utf-8", newline="") as fh:
-        import csv
-
-        for line, cols in enumerate(csv.reader(fh, delimiter="\t"), start=1):
-            if line == 1 and cols[:2] == ["query-id", "corpus-id"]:
-                continue
-            try:
-                qid, did, score = qrels_entry(cols, qrels_path, line)
-                if qid not in queries:
-                    raise DataError(qrels_path, line, f"unknown id: query {qid!r} not in queries.jsonl")
-                if did not in doc_index:
-                    raise DataError(qrels_path, line, f"unknown id: document {did!r} not in corpus.jsonl")
-                qrels.setdefault(qid, {})[did] = score
-            except DataError as err:
-                if on_error == "raise":
-                    return LinkResult(0, 0, 0, {}, {"kind": "qrels", "part": None, "line": line, "reason": err.reason})
-                skipped[err.reason.split(":")[0]] += 1
+    for line, cols in qrels_lines(qrels_path):
+        try:
+            qid, did, score = qrels_entry(cols, qrels_path, line)
+            if qid not in queries:
+                raise DataError(qrels_path, line, f"unknown id: query {qid!r} not in queries.jsonl")
+            if did not in doc_index:
+                raise DataError(qrels_path, line, f"unknown id: document {did!r} not in corpus.jsonl")
+            qrels.setdefault(qid, {})[did] = score
+        except DataError as err:
+            if on_error == "raise":
+                return LinkResult(0, 0, 0, {}, {"kind": "qrels", "part": None, "line": line, "reason": err.reason})
+            skipped[err.reason.split(":")[0]] += 1
     pairs = [(qid, doc_index[did]) for qid, docs in qrels.items() for did, score in docs.items() if score > 0]
     if max_rows is not None and len(pairs) > max_rows:  # the single-process shuffle: same count, same permutation
         random.Random(f"{seed}/{name}").shuffle(pairs)

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from nvembed.config import ConfigError, DataConfig, MiningConfig, TrainConfig
 from nvembed.data import curated
-from nvembed.data.build import CurationTarget, curation_targets, resolve_path
+from nvembed.data.build import CurationTarget, curation_targets, resolve_path, teacher_encoder
 from nvembed.data.readers import DataError
 
 Log = Callable[[str], None]
@@ -56,19 +56,6 @@ def load_teacher(mining: MiningConfig, threads: int):
     )
 
 
-def _encoder(teacher, mining: MiningConfig, instruction: str | None):
-    def encode(texts):
-        return teacher.encode(
-            list(texts),
-            instruction=instruction,
-            batch_size=mining.batch_size,
-            max_length=mining.max_length,
-            show_progress=False,
-        )
-
-    return encode
-
-
 def _parse_batch(batch: dict) -> dict:
     from nvembed.data.parts import parse_part
 
@@ -88,7 +75,7 @@ class EncodeCorpus:
 
     def __init__(self, mining: dict, threads: int) -> None:
         self.mining = MiningConfig(**mining)
-        self.encode = _encoder(load_teacher(self.mining, threads), self.mining, None)
+        self.encode = teacher_encoder(load_teacher(self.mining, threads), self.mining, None)
 
     def __call__(self, batch: dict) -> dict:
         from nvembed.data.parts import encode_part
@@ -108,7 +95,7 @@ class SearchPairs:
         teacher = load_teacher(self.mining, threads)
         self.settings = dict(settings)
         teacher_instruction = self.settings["instruction"] if self.mining.use_instructions else None
-        self.encode = _encoder(teacher, self.mining, teacher_instruction)
+        self.encode = teacher_encoder(teacher, self.mining, teacher_instruction)
         self.corpus = CorpusParts(work, corpus_parts)
         eval_file = self.settings.pop("eval_texts_file")
         self.eval_texts = json.loads(Path(eval_file).read_text()) if eval_file else None
@@ -341,16 +328,20 @@ def _curate_beir_mined(
         for i in range(n_parts["corpus"])
     ]
     n_docs = sum(P.pq_rows(Path(it["src"])) for it in corpus_items)
-    for _ in _stream(
-        corpus_items,
-        EncodeCorpus,
-        desc="prepare: encode corpus",
-        unit="doc",
-        total=n_docs,
-        fn_constructor_kwargs={"mining": mining_dict, "threads": res.threads},
-        **actor_args,
-    ):
-        pass
+    encoded = sum(
+        int(row["n"])
+        for row in _stream(
+            corpus_items,
+            EncodeCorpus,
+            desc="prepare: encode corpus",
+            unit="doc",
+            total=n_docs,
+            fn_constructor_kwargs={"mining": mining_dict, "threads": res.threads},
+            **actor_args,
+        )
+    )
+    if encoded != n_docs:
+        raise RuntimeError(f"dataset {ds.name!r}: {encoded} of {n_docs} corpus documents encoded")
     instruction = ds.instruction if ds.instruction is not None else instruction_for(ds.task or ds.name, "query")
     settings = {
         "k": ds.num_negatives or cfg.run.num_negatives,

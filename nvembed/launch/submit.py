@@ -3,7 +3,7 @@
 Equivalent CLI: ``ray job submit --address http://HEAD:8265 --runtime-env cluster/runtime_env.yaml -- CMD``.
 Clusters started with Ray >= 2.59 require a token by default: set ``RAY_AUTH_MODE=token`` where this runs (the
 client then reads the token Ray wrote on that machine) or start the cluster with ``RAY_AUTH_MODE=disabled`` on a
-private network (``../shared/RAY_DEEPSPEED_CPU.md`` §6).
+private network (cluster/README.md).
 """
 
 from __future__ import annotations

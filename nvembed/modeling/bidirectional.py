@@ -8,7 +8,7 @@ In transformers >= 5, ``merge_with_config_defaults`` forwards ``config.is_causal
 (``create_causal_mask`` falls back to ``create_bidirectional_mask`` when it is False) and to every attention
 kernel (eager, SDPA, flash, flex honour the ``is_causal`` kwarg). We set it, clear ``is_causal`` on each attention
 module as a second guard, and remove every sliding window: with ``is_causal=False`` a window would silently turn
-into a *bidirectional* band (|i - j| < window), see ``../shared/RAY_DEEPSPEED_CPU.md`` §1.
+into a *bidirectional* band (|i - j| < window) instead of full attention (tests/unit/test_bidirectional.py).
 
 Only allow-listed architectures are patched; anything else decoder-only fails loudly, because a model whose
 masking code we have not checked could stay causal without any error.
