@@ -11,7 +11,7 @@ Formats (README "Data"; the layout of ``$NVEMBED_DATA``):
   summarization ``{"text", "human_summaries", "machine_summaries", "relevance"}`` and reranking
   ``{"query", "positive": [...], "negative": [...]}`` (``test.jsonl``): their Hub layouts differ from these files
   (e.g. Sprint's ``sent1``/``sent2``), so we build the task's in-memory dataset ourselves and mark it loaded
-  (``../shared/MTEB_OFFLINE.md`` §4.1, second route); mteb's evaluator for the type then scores it.
+  (mteb's documented offline route for local data); mteb's evaluator for the type then scores it.
 
 A folder that does not match raises :class:`LocalDataError` naming the missing file or column.
 """

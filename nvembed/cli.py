@@ -18,19 +18,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=demo.main)
 
     p = sub.add_parser("train", help="run a training job (stage 1 and/or 2) from a YAML config")
-    p.add_argument("config", help="job YAML (e.g. jobs/configs/minilm_recipe.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable")
-    p.add_argument("--stage", type=int, choices=[1, 2], action="append", help="run only this stage (repeatable)")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: an embedded local Ray)")
-    p.add_argument("--local", action="store_true", help="single process, no Ray (one CPU/GPU; scaling ignored)")
+    _job_arguments(p, "run only this stage (repeatable)", "single process, no Ray (one CPU/GPU; scaling ignored)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("prepare", help="curate a job's training data (convert, mine, decontaminate) on Ray Data")
-    p.add_argument("config", help="job YAML")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable")
-    p.add_argument("--stage", type=int, choices=[1, 2], action="append", help="only this stage's data (repeatable)")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: an embedded local Ray)")
-    p.add_argument("--local", action="store_true", help="curate in this process (no Ray)")
+    _job_arguments(p, "only this stage's data (repeatable)", "curate in this process (no Ray)")
     p.set_defaults(func=_prepare)
 
     p = sub.add_parser("tune", help="Ray Tune sweep over dotted config keys (e.g. lora.rank x pooling.num_latents)")
@@ -121,6 +113,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"results: {outcome.results_dir}\nreport: {paths['md']} {paths['csv']} {paths['png']}")
     print(f"{len(outcome.scores)} tasks scored, {len(outcome.failed)} failed, {outcome.seconds:.1f} s")
     return 1 if outcome.failed else 0
+
+
+def _job_arguments(p: argparse.ArgumentParser, stage_help: str, local_help: str) -> None:
+    """The arguments every command that runs a job config takes (``train``, ``prepare``)."""
+    p.add_argument("config", help="job YAML (e.g. jobs/configs/minilm_recipe.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable")
+    p.add_argument("--stage", type=int, choices=[1, 2], action="append", help=stage_help)
+    p.add_argument("--address", default=None, help="Ray cluster address (default: an embedded local Ray)")
+    p.add_argument("--local", action="store_true", help=local_help)
 
 
 def _train(args: argparse.Namespace) -> int:
