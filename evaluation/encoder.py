@@ -17,7 +17,7 @@ from typing import Any
 from mteb.models.abs_encoder import AbsEncoder
 from mteb.types import PromptType
 
-from nvembed.data.instructions import REGISTRY, UnknownTaskError, get_instruction
+from nvembed.data.instructions import REGISTRY, UnknownTaskError, get_instruction, policy_applies
 
 TYPE_FALLBACK = {
     "Retrieval": "Given a query, retrieve relevant documents that answer the query",
@@ -31,13 +31,20 @@ TYPE_FALLBACK = {
 
 
 def task_instruction(
-    task_name: str, task_type: str, prompt_type: PromptType | None, overrides: dict[str, str] | None = None
+    task_name: str,
+    task_type: str,
+    prompt_type: PromptType | None,
+    overrides: dict[str, str] | None = None,
+    policy: str = "all",
 ) -> str | None:
-    """The instruction an nvembed model gets for one side of a task: ``None`` for retrieval/reranking documents.
+    """The instruction an nvembed model gets for one side of a task: ``None`` for retrieval/reranking documents,
+    and for every task type the model's ``instruction_policy`` leaves uninstructed (an override still applies).
 
     A pure function of names (no model), so the driver can key the embedding cache the way an actor encodes.
     """
     overrides = overrides or {}
+    if task_name not in overrides and not policy_applies(policy, task_type):
+        return None
     if task_name in overrides:
         text, documents = overrides[task_name], task_type not in ("Retrieval", "Reranking")
     else:
@@ -73,9 +80,12 @@ def folder_fingerprint(path: str | Path) -> str:
     return h.hexdigest()[:12]
 
 
-def instruction_fingerprint(overrides: dict[str, str] | None = None, template: str = "") -> str:
+def instruction_fingerprint(overrides: dict[str, str] | None = None, template: str = "", policy: str = "all") -> str:
     table = {k: (v.instruction, v.documents) for k, v in REGISTRY.items()}
-    blob = json.dumps({"registry": table, "overrides": overrides or {}, "template": template}, sort_keys=True)
+    blob = {"registry": table, "overrides": overrides or {}, "template": template}
+    if policy != "all":  # fingerprints of models evaluated before the policy existed stay the same
+        blob["policy"] = policy
+    blob = json.dumps(blob, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:8]
 
 
@@ -118,6 +128,8 @@ class NVEmbedEncoder(AbsEncoder):
         max_length: token cap at evaluation (NV-Embed evaluated at 512).
         batch_tokens: padded tokens per forward pass (``Embedder.encode(batch_tokens=)``); ``None``: mteb's
             ``batch_size``.
+        dimensions: score truncated embeddings (the first ``dimensions`` components, renormalised); part of the
+            revision, so a truncated model's results never mix with the full one's.
     """
 
     def __init__(
@@ -129,21 +141,26 @@ class NVEmbedEncoder(AbsEncoder):
         max_length: int = 512,
         source: str | None = None,
         batch_tokens: int | None = None,
+        dimensions: int | None = None,
     ) -> None:
         self.model = embedder
         self.batch_tokens = batch_tokens
+        self.dimensions = dimensions
         self.instructions = dict(instructions or {})
         self.max_length = max_length
         folder = source or embedder.config.model.name_or_path
         name = name or f"nvembed/{Path(str(folder)).name or 'model'}"
         template = embedder.inputs.instruction_template
-        revision = revision or f"{folder_fingerprint(folder)}-{instruction_fingerprint(self.instructions, template)}"
+        self.instruction_policy = embedder.config.model.instruction_policy
+        fingerprint = instruction_fingerprint(self.instructions, template, self.instruction_policy)
+        truncated = f"-d{dimensions}" if dimensions else ""
+        revision = revision or f"{folder_fingerprint(folder)}-{fingerprint}{truncated}"
         n_params = sum(p.numel() for p in embedder.model.parameters())
-        self.mteb_model_meta = make_meta(name, revision, embedder.dim, max_length, n_params)
+        self.mteb_model_meta = make_meta(name, revision, dimensions or embedder.dim, max_length, n_params)
         self.calls: list[tuple[str, str | None, int]] = []  # (task, prompt type, n texts), for tests and logs
 
     def instruction(self, task_name: str, task_type: str, prompt_type: PromptType | None) -> str | None:
-        return task_instruction(task_name, task_type, prompt_type, self.instructions)
+        return task_instruction(task_name, task_type, prompt_type, self.instructions, self.instruction_policy)
 
     def encode(self, inputs, *, task_metadata, hf_split: str, hf_subset: str, prompt_type=None, **kwargs: Any):
         texts = [t for batch in inputs for t in batch["text"]]
@@ -157,4 +174,5 @@ class NVEmbedEncoder(AbsEncoder):
             max_length=self.max_length,
             show_progress=bool(kwargs.get("show_progress_bar", False)),
             batch_tokens=self.batch_tokens,
+            dimensions=self.dimensions,
         )

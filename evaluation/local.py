@@ -99,14 +99,19 @@ def _materialise_beir(src: Path, split: str, work: Path) -> Path:
     return work
 
 
-def _materialise_plain(src: Path, task_type: str, splits: list[str], work: Path) -> Path:
-    """Links to exactly the split files mteb needs (other *.jsonl in the folder, e.g. a clustering view, stay out)."""
+def _materialise_plain(src: Path, task_type: str, splits: list[str], work: Path, whole: bool = False) -> Path:
+    """Links to exactly the split files mteb needs (other *.jsonl in the folder, e.g. a clustering view, stay out).
+
+    ``whole``: a cross-validated task (one labelled set, e.g. SentEval's MR) reads ``all.jsonl`` as its one split.
+    """
     if not src.is_dir():
         raise LocalDataError(f"{src}: not a folder")
     required = REQUIRED_COLUMNS.get(task_type, set())
     work.mkdir(parents=True, exist_ok=True)
     for split in splits:
         candidates = [src / f"{split}.jsonl"] + ([src / "dev.jsonl"] if split == "validation" else [])
+        if whole:
+            candidates.append(src / "all.jsonl")
         path = next((p for p in candidates if p.is_file()), None)
         if path is None:
             raise LocalDataError(f"{src}: missing {split}.jsonl for a {task_type} task (columns {sorted(required)})")
@@ -223,7 +228,8 @@ def local_task(task, data_dir: str | Path, work_dir: str | Path):
         path = _materialise_beir(src, splits[0], Path(work_dir) / task.metadata.name)
     else:
         needed = list(dict.fromkeys(splits + (["train"] if task_type == "Classification" else [])))
-        path = _materialise_plain(src, task_type, needed, Path(work_dir) / task.metadata.name)
+        whole = bool(getattr(task, "is_cross_validation", False))
+        path = _materialise_plain(src, task_type, needed, Path(work_dir) / task.metadata.name, whole=whole)
     dataset = dict(task.metadata.dataset)
     dataset["path"] = str(path)
     task.metadata = task.metadata.model_copy(update={"dataset": dataset})

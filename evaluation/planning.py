@@ -58,8 +58,13 @@ def load_cost_rows(benchmark: str = DEFAULT_BENCHMARK) -> dict[str, tuple[float,
 
 
 def resolve_tasks(benchmark: str, names: list[str] | None) -> list:
-    """Task objects: the benchmark's own (its subset/split restrictions, e.g. STS17 en-en) or ``mteb.get_task``."""
+    """Task objects: the benchmark's own (its subset/split restrictions, e.g. STS17 en-en) or ``mteb.get_task``
+    (which also knows the local tasks of :mod:`evaluation.suite`)."""
     import mteb
+
+    from evaluation.suite import register
+
+    register()
 
     bench = {t.metadata.name: t for t in mteb.get_benchmark(benchmark).tasks}
     if not names:

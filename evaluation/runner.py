@@ -58,17 +58,22 @@ def identity(model: str, path: str, kind: str) -> tuple[str, str]:
 
     if kind == "st":
         return f"baseline/{Path(model).name.replace(':', '-')}", folder_fingerprint(path)
-    revision = f"{folder_fingerprint(path)}-{instruction_fingerprint({}, _template(path))}"
+    template, policy = _instruction_setting(path)
+    revision = f"{folder_fingerprint(path)}-{instruction_fingerprint({}, template, policy)}"
     return f"nvembed/{Path(path).name or 'model'}", revision
 
 
-def _template(path: str) -> str:
-    cfg = Path(path) / "nvembed_config.json"
-    if cfg.is_file():
-        return json.loads(cfg.read_text())["config"]["model"]["instruction_template"]
+def _instruction_setting(path: str) -> tuple[str, str]:
+    """(instruction template, instruction policy) of a saved model, read without loading it."""
     from nvembed.config import ModelConfig
 
-    return ModelConfig().instruction_template
+    default = ModelConfig()
+    cfg = Path(path) / "nvembed_config.json"
+    model = json.loads(cfg.read_text())["config"]["model"] if cfg.is_file() else {}
+    return (
+        model.get("instruction_template", default.instruction_template),
+        model.get("instruction_policy", default.instruction_policy),
+    )
 
 
 def _has_prompts(path: str) -> bool:
@@ -264,9 +269,10 @@ def _run(pending, spec, workers, gpus, shard_docs, request, folder, meta, task_d
     cache = EmbeddingCache(folder.embeddings, spec.cache_identity)
     overrides: dict[str, str] = {}
     prompts = spec.kind == "st" and _has_prompts(spec.path)
+    policy = _instruction_setting(spec.path)[1] if spec.kind == "nvembed" else "all"
 
     def side(task_metadata, prompt_type) -> str:
-        return side_identity(spec.kind, prompts, task_metadata, prompt_type, overrides)
+        return side_identity(spec.kind, prompts, task_metadata, prompt_type, overrides, policy)
 
     def sharded(item: WorkItem) -> None:
         t0 = time.perf_counter()

@@ -83,7 +83,9 @@ def write_array(array: np.ndarray, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def side_identity(kind: str, prompts: bool, task_metadata, prompt_type, overrides: dict[str, str]) -> str:
+def side_identity(
+    kind: str, prompts: bool, task_metadata, prompt_type, overrides: dict[str, str], policy: str = "all"
+) -> str:
     """What an encoder puts in front of one side's texts, computed on the driver without the model.
 
     nvembed models: the instruction :func:`evaluation.encoder.task_instruction` gives (``None`` for retrieval
@@ -95,7 +97,7 @@ def side_identity(kind: str, prompts: bool, task_metadata, prompt_type, override
     side = getattr(prompt_type, "value", prompt_type)
     if kind == "st":
         return f"st:{task_metadata.name}:{side}" if prompts else f"st:{side}"
-    instruction = task_instruction(task_metadata.name, task_metadata.type, prompt_type, overrides)
+    instruction = task_instruction(task_metadata.name, task_metadata.type, prompt_type, overrides, policy)
     return json.dumps({"side": side, "instruction": instruction})
 
 

@@ -92,7 +92,9 @@ def build_task(item: WorkItem, work_dir: str, benchmark: str):
     import mteb
 
     from evaluation.local import local_task
+    from evaluation.suite import register
 
+    register()
     if item.subset is not None:
         base = mteb.get_task(item.name)
         task = mteb.get_task(item.name, eval_splits=base.metadata.eval_splits, hf_subsets=[item.subset])

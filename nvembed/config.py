@@ -69,6 +69,9 @@ class ModelConfig:
     bidirectional: bool = True  # remove the causal mask of decoder-only backbones (NV-Embed §3.1)
     max_length: int = 512  # token cap per text, specials included (NV-Embed trains at 512)
     instruction_template: str = "Instruct: {instruction}\nQuery: "  # query prefix (NV-Embed eq. 2)
+    # which task types get instructions, in training and evaluation: all (NV-Embed) | asymmetric (retrieval and
+    # reranking queries only: for a backbone pretrained without instructions) | none (nvembed/data/instructions.py)
+    instruction_policy: str = "all"
     gradient_checkpointing: bool = False  # non-reentrant activation checkpointing in the backbone
 
     def __post_init__(self) -> None:
@@ -78,6 +81,8 @@ class ModelConfig:
             raise ConfigError(f"model.max_length must be >= 4, got {self.max_length}")
         if "{instruction}" not in self.instruction_template:
             raise ConfigError("model.instruction_template must contain '{instruction}'")
+        if self.instruction_policy not in ("all", "asymmetric", "none"):
+            raise ConfigError(f"model.instruction_policy must be all|asymmetric|none, got {self.instruction_policy!r}")
 
 
 @dataclass

@@ -21,7 +21,7 @@ import numpy as np
 
 from nvembed.config import ConfigError, DevConfig
 from nvembed.data.converters import load_beir
-from nvembed.data.instructions import MTEB_ENG_V1, instruction_for
+from nvembed.data.instructions import MTEB_ENG_V1, instruction_for, policy_applies
 from nvembed.data.readers import DataError, ErrorPolicy, read_rows, require_text
 
 _METRICS = ("ndcg_at_10", "sts_spearman")
@@ -155,16 +155,19 @@ class DevSet:
         order, so the collective all-gathers inside each forward line up.
         """
         enc = dict(batch_size=self.cfg.batch_size, max_length=self.cfg.max_length, show_progress=False)
+        policy = embedder.config.model.instruction_policy  # the model is scored the way it is trained
         out: dict[str, float] = {}
         if self.retrieval is not None:
             r = self.retrieval
-            q = embedder.encode(r.queries, instruction=r.instruction, **enc)  # [n_q, d]
+            instruction = r.instruction if policy_applies(policy, "Retrieval") else None
+            q = embedder.encode(r.queries, instruction=instruction, **enc)  # [n_q, d]
             d = embedder.encode(r.docs, instruction=None, **enc)  # [n_d, d]
             out["ndcg_at_10"] = 100.0 * ndcg_at_10(q @ d.T, r.query_ids, r.doc_ids, r.qrels)
         if self.sts is not None:
             s = self.sts
-            a = embedder.encode(s.left, instruction=s.instruction, **enc)  # [n, d]
-            b = embedder.encode(s.right, instruction=s.instruction, **enc)  # [n, d]
+            instruction = s.instruction if policy_applies(policy, "STS") else None
+            a = embedder.encode(s.left, instruction=instruction, **enc)  # [n, d]
+            b = embedder.encode(s.right, instruction=instruction, **enc)  # [n, d]
             cos = np.sum(_unit(a) * _unit(b), axis=1)  # [n]
             from scipy.stats import spearmanr
 

@@ -471,8 +471,9 @@ class Embedder:
         prompt_name: str | None = None,
         prompt: str | None = None,
         batch_tokens: int | None = None,
+        dimensions: int | None = None,
     ) -> np.ndarray:
-        """Embed texts; returns float32 ``[n, d]`` rows in input order.
+        """Embed texts; returns float32 ``[n, d]`` rows in input order (``[n, dimensions]`` when truncated).
 
         Texts are sorted by length (characters globally, then tokens within a chunk) so batches carry little
         padding; the forward pass runs under ``torch.no_grad``.
@@ -492,6 +493,8 @@ class Embedder:
             batch_tokens: padded tokens per forward pass instead of a fixed count: batches of short texts grow
                 (up to ``batch_tokens // shortest``), batches of long ones shrink; ``batch_size`` then only sets the
                 tokenisation chunk. What a GPU wants: its memory is bounded by tokens, not by texts.
+            dimensions: keep the first ``dimensions`` components, renormalised to unit length (Matryoshka-style
+                truncation, :func:`nvembed.compression.truncate`); ``None`` keeps the full width.
 
         Raises:
             TypeError / ValueError: empty input, a non-string item, or an empty string (the message gives its index);
@@ -505,14 +508,21 @@ class Embedder:
             raise ValueError(f"batch_tokens must be >= 1, got {batch_tokens}")
         if instruction is not None and (prompt_name is not None or prompt is not None):
             raise ValueError("give an instruction (nvembed template) or a prompt (raw prefix), not both")
+        if dimensions is not None and not 1 <= dimensions <= self.dim:
+            raise ValueError(f"dimensions must be in 1..{self.dim} (the embedding width), got {dimensions}")
+        prefix = self.inputs.format_instruction(instruction)
         if instruction is None:
             raw = self.resolve_prompt(prompt_name, prompt)
             if raw:
                 if self.pool_prompts:  # ST's include_prompt: the prompt is part of the text
                     texts, raw = [raw + t for t in texts], ""
-                return self._encode_prefixed(texts, raw, batch_size, max_length, show_progress, batch_tokens)
-        prefix = self.inputs.format_instruction(instruction)
-        return self._encode_prefixed(texts, prefix, batch_size, max_length, show_progress, batch_tokens)
+                prefix = raw
+        out = self._encode_prefixed(texts, prefix, batch_size, max_length, show_progress, batch_tokens)  # [n, d]
+        if dimensions is None:
+            return out
+        from nvembed.compression import truncate
+
+        return truncate(out, dimensions)  # [n, dimensions]
 
     @staticmethod
     def _batches(lengths: list[int], batch_size: int, batch_tokens: int | None) -> Iterator[np.ndarray]:

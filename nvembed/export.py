@@ -67,6 +67,7 @@ def build_model_card(embedder, card: ModelCard | None, cfg, name: str) -> ModelC
         "dim": embedder.dim,
         "max_length": cfg.model.max_length,
         "instruction_template": cfg.model.instruction_template,
+        "instruction_policy": cfg.model.instruction_policy,
         "query_instruction": embedder.query_instruction,
         "prompts": dict(embedder.prompts) or None,
     }
@@ -114,6 +115,7 @@ def update_model_card(folder: str | Path, card) -> Path:
         "dim": meta.get("embedding_dim"),
         "max_length": config.get("model", {}).get("max_length"),
         "instruction_template": config.get("model", {}).get("instruction_template"),
+        "instruction_policy": config.get("model", {}).get("instruction_policy"),
         "query_instruction": meta.get("query_instruction"),
         "prompts": meta.get("prompts") or None,
     }

@@ -203,6 +203,7 @@ class ModelCard:
         lora: LoRA settings used in training (``LoraConfig`` fields); kept when the export is merged.
         dim: embedding width. max_length: token cap per text. instruction_template: how instructions are applied.
         query_instruction: the default instruction of the ST ``"query"`` prompt.
+        instruction_policy: which task types carry instructions (``model.instruction_policy``).
         prompts: sentence-transformers prompts (raw prefixes) the model carries.
         stages: training stages with their data (:class:`CardStage`).
         instructions: task type (or task) -> instruction; ``None`` lists one example per MTEB task type from
@@ -222,6 +223,7 @@ class ModelCard:
     max_length: int | None = None
     instruction_template: str | None = None
     query_instruction: str | None = None
+    instruction_policy: str | None = None
     prompts: dict[str, str] | None = None
     stages: list[CardStage] = field(default_factory=list)
     instructions: dict[str, str] | None = None
@@ -331,11 +333,19 @@ class ModelCard:
 
     def _instructions(self) -> list[str]:
         template = (self.instruction_template or "Instruct: {instruction}\nQuery: ").replace("\n", "\\n")
+        policy = self.instruction_policy or "all"
+        if policy == "none":
+            return ["## Instructions", "", "This model was trained and is evaluated without instructions."]
+        rule = {
+            "all": "documents of retrieval and reranking tasks carry none, every text of the other task types does.",
+            "asymmetric": "only retrieval and reranking queries carry one; documents and every text of the other "
+            "task types (STS, classification, clustering, pair classification) are encoded as plain text, as this "
+            "model was trained (instruction policy `asymmetric`).",
+        }[policy]
         out = [
             "## Instructions",
             "",
-            f"Queries carry a task instruction, applied as `{template}` and kept out of the pooled tokens; "
-            "documents of retrieval and reranking tasks carry none, every text of the other task types does.",
+            f"Queries carry a task instruction, applied as `{template}` and kept out of the pooled tokens; {rule}",
         ]
         if self.query_instruction:
             out.append(f'The sentence-transformers `"query"` prompt is the instruction `{self.query_instruction}`.')
@@ -346,7 +356,10 @@ class ModelCard:
         if self.instructions is not None:
             out += [f"| {kind} | | {_md(text)} |" for kind, text in self.instructions.items()]
         else:
-            out += [f"| {e.task_type} | {e.task} | {_md(e.instruction)} |" for e in _example_instructions()]
+            examples = _example_instructions()
+            if policy == "asymmetric":
+                examples = [e for e in examples if e.task_type in ("Retrieval", "Reranking")]
+            out += [f"| {e.task_type} | {e.task} | {_md(e.instruction)} |" for e in examples]
             out += ["", "All task instructions: `nvembed/data/instructions.py`."]
         return out
 

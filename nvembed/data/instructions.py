@@ -159,7 +159,31 @@ _TRAINING: list[TaskInstruction] = [
     ),
 ]
 
-REGISTRY: dict[str, TaskInstruction] = {e.task: e for e in _ENTRIES + _TRAINING}
+# The local tasks of the generalisation suite (evaluation/suite.py): public sets mteb does not ship.
+_LOCAL_SUITE: list[TaskInstruction] = [
+    _r("Cranfield", "Given a question on aerodynamics, retrieve abstracts that answer it", source="nvembed"),
+    _r("SNLIRetrieval", "Given a premise, retrieve a hypothesis that is entailed by the premise", source="e5"),
+    TaskInstruction(
+        "WikiQAReranking",
+        "Reranking",
+        "Given a question, retrieve Wikipedia sentences that answer it",
+        False,
+        "nvembed",
+    ),
+    TaskInstruction(
+        "MRPC", "PairClassification", "Retrieve sentences that are paraphrases of the given sentence", True, "nvembed"
+    ),
+    TaskInstruction("MR", "Classification", "Classify the sentiment of a movie review sentence", True, "nvembed"),
+    TaskInstruction(
+        "SUBJ",
+        "Classification",
+        "Classify a movie sentence as a subjective opinion or an objective plot description",
+        True,
+        "nvembed",
+    ),
+]
+
+REGISTRY: dict[str, TaskInstruction] = {e.task: e for e in _ENTRIES + _TRAINING + _LOCAL_SUITE}
 _LOWER = {k.lower(): k for k in REGISTRY}
 
 assert len(MTEB_ENG_V1) == 56, len(MTEB_ENG_V1)
@@ -195,3 +219,24 @@ def instruction_for(task: str, side: str) -> str | None:
     if side == "document":
         return entry.instruction if entry.documents else None
     raise ValueError(f"side must be 'query' or 'document', got {side!r}")
+
+
+#: Which task types get their instruction (``model.instruction_policy``). ``all`` is NV-Embed's setting (every task
+#: type instructed; retrieval and reranking on the query side only). ``asymmetric`` instructs only retrieval and
+#: reranking queries and leaves symmetric tasks (STS, classification, clustering, pair classification,
+#: summarization) as plain text: the setting for a backbone that was pretrained without instructions, which
+#: starts below itself on every symmetric task when they are prefixed (docs/recipe.md measures both). ``none``
+#: never instructs.
+INSTRUCTION_POLICIES = ("all", "asymmetric", "none")
+ASYMMETRIC_TYPES = ("Retrieval", "Reranking")
+
+
+def policy_applies(policy: str, task_type: str) -> bool:
+    """Whether a task of ``task_type`` gets its instruction under ``policy`` (see :data:`INSTRUCTION_POLICIES`)."""
+    if policy == "all":
+        return True
+    if policy == "asymmetric":
+        return task_type in ASYMMETRIC_TYPES
+    if policy == "none":
+        return False
+    raise ValueError(f"instruction policy must be one of {INSTRUCTION_POLICIES}, got {policy!r}")

@@ -48,6 +48,8 @@ def build_stage_embedder(cfg: TrainConfig) -> Embedder:
             raise ValueError(f"{cfg.run.init_from}: nothing trainable after loading (no adapter and no head?)")
         for p in emb.model.pooler.parameters():
             p.requires_grad_(True)
+        # the stage's policy is what this stage trains with, so it is what the export records
+        emb.config.model.instruction_policy = cfg.model.instruction_policy
         return emb
     return Embedder.from_config(cfg.embedder_config(), seed=cfg.run.seed)
 
@@ -59,6 +61,7 @@ def make_collator(cfg: TrainConfig, emb: Embedder) -> ContrastiveCollator:
         query_max_length=cfg.run.query_max_length,
         doc_max_length=cfg.run.doc_max_length,
         force_in_batch=cfg.in_batch_negatives,
+        instruction_policy=cfg.model.instruction_policy,
     )
 
 

@@ -1,9 +1,11 @@
-"""Issue 3's learning check: the two-stage recipe on MiniLM + latent attention, real data, scored with mteb.
+"""Issues 3 and 17: the two-stage recipe on MiniLM + latent attention, real data, scored with mteb, makes a
+generalist.
 
 Trains ``jobs/configs/minilm_recipe.yaml`` from scratch (mining included) through ``benchmarks/minilm_recipe.py``
-and checks the acceptance: beat base MiniLM on SciFact (published 64.51) and lose at most 1 point of STS-B
-Spearman (82.03). The wall time (target: 30 minutes on a 2-core CPU) is printed, not asserted: timings belong to
-the benchmark's report, and this machine's are noisy. The full table (stage 1, mean pooling) is the benchmark's.
+and checks the acceptance against the base MiniLM measured in the same run (mean pooling, no instruction): SciFact
+at least 8 points above it, and the mean over the generalisation suite (STS12, Cranfield, MRPC, MR, SUBJ, WikiQA
+test: no training row comes from them) at least 1 point above it. The wall time (target: 30 minutes on a 2-core
+CPU) is printed, not asserted: timings belong to the benchmark's report, and this machine's are noisy.
 """
 
 from __future__ import annotations
@@ -17,27 +19,31 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-BASE = {"SciFact": 64.51, "STSBenchmark": 82.03}
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(3600)
-def test_recipe_beats_base_minilm(tmp_path, shared_data):
+@pytest.mark.timeout(5400)
+def test_recipe_generalises_and_beats_base_minilm(tmp_path, shared_data):
+    from minilm_recipe import means
+
     cmd = [
         sys.executable,
         str(ROOT / "benchmarks/minilm_recipe.py"),
         "--out",
-        str(tmp_path / "recipe"),
-        "--poolings",
-        "latent",
-        "--only",
-        "latent2",
+        str(tmp_path / "r"),
+        "--variants",
+        "recipe",
     ]
     env = {**os.environ, "NVEMBED_DATA": shared_data}  # the config's data and the benchmark's eval folders
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3500)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=5300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads((tmp_path / "recipe" / "results.json").read_text())
-    scores = result["scores"]["latent, after stage 2"]
-    print(scores, "training seconds:", result["train_seconds"])
-    assert scores["SciFact"] > BASE["SciFact"], scores
-    assert scores["STSBenchmark"] >= BASE["STSBenchmark"] - 1.0, scores
+    result = json.loads((tmp_path / "r" / "results.json").read_text())
+    base = result["scores"]["base MiniLM (mean, no instruction)"]
+    trained = result["scores"]["recipe (stage 2)"]
+    print(json.dumps(result, indent=1))
+    base_in, base_out = means(base)
+    trained_in, trained_out = means(trained)
+    assert trained["SciFact"] >= base["SciFact"] + 8.0, (trained, base)
+    assert trained_out >= base_out + 1.0, (trained_out, base_out, trained, base)
+    assert trained_in > base_in, (trained_in, base_in)

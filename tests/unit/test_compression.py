@@ -1,0 +1,71 @@
+"""Embedding-level compression (nvembed/compression.py): truncation renormalises, int8 calibration refuses what
+would silently collapse, binary codes search by Hamming distance, and ``encode(dimensions=)`` truncates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nvembed.compression import Int8Calibration, build_index, bytes_per_vector, quantize, search, truncate
+
+
+def _unit(n: int, d: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_truncation_renormalises_and_checks_width():
+    x = _unit(50, 64)
+    t = truncate(x, 16)
+    assert t.shape == (50, 16)
+    np.testing.assert_allclose(np.linalg.norm(t, axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(t, x[:, :16] / np.linalg.norm(x[:, :16], axis=1, keepdims=True), rtol=1e-6)
+    with pytest.raises(ValueError, match="1..64"):
+        truncate(x, 65)
+    with pytest.raises(ValueError, match="all zeros"):
+        truncate(np.concatenate([np.zeros((1, 64), np.float32), x]), 8)
+
+
+def test_int8_calibration_refuses_too_few_vectors_and_zero_ranges(tmp_path):
+    x = _unit(2000, 32)
+    with pytest.raises(ValueError, match="at least 1000 vectors, got 10"):
+        Int8Calibration.from_vectors(x[:10])
+    flat = x.copy()
+    flat[:, 3] = 0.25
+    with pytest.raises(ValueError, match=r"dimension\(s\) \[3\] have a zero range"):
+        Int8Calibration.from_vectors(flat)
+    cal = Int8Calibration.from_vectors(x)
+    cal.save(tmp_path / "ranges.npy")
+    np.testing.assert_array_equal(Int8Calibration.load(tmp_path / "ranges.npy").ranges, cal.ranges)
+    codes = quantize(x[:100], "int8", cal)
+    assert codes.dtype == np.int8 and codes.shape == (100, 32) and len(np.unique(codes)) > 100
+    with pytest.raises(ValueError, match="needs an Int8Calibration"):
+        quantize(x, "int8")
+
+
+def test_quantized_search_finds_what_float_search_finds():
+    docs = _unit(1500, 64, seed=1)
+    queries = docs[:40] + 0.05 * _unit(40, 64, seed=2)  # each query next to its document
+    cal = Int8Calibration.from_vectors(docs)
+    for precision in ("float32", "int8", "binary"):
+        q = quantize(queries, precision, cal)
+        index = build_index(quantize(docs, precision, cal), precision)
+        _, ids = search(index, q, 1, precision)
+        assert (ids[:, 0] == np.arange(40)).mean() >= 0.95, precision
+    assert quantize(docs, "binary").shape == (1500, 8)
+    assert [bytes_per_vector(64, p) for p in ("float32", "int8", "binary")] == [256, 64, 8]
+    with pytest.raises(ValueError, match="multiple"):
+        quantize(docs[:, :60], "binary")
+
+
+def test_encode_dimensions(minilm):
+    from nvembed import Embedder
+
+    emb = Embedder.from_pretrained(minilm, pooling="mean")
+    texts = ["a cat sits on the mat", "stock markets fell sharply", "the recipe needs two eggs"]
+    full = emb.encode(texts, show_progress=False)
+    half = emb.encode(texts, show_progress=False, dimensions=192)
+    np.testing.assert_allclose(half, truncate(full, 192), atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(half, axis=1), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match="dimensions must be in 1..384"):
+        emb.encode(texts, dimensions=385)
