@@ -212,10 +212,17 @@ class LossConfig:
 
     temperature: float = 0.02  # tau; not published for NV-Embed (GritLM/E5 use 0.02)
     in_batch_negatives: bool | None = None  # None = stage default (stage 1 on, stage 2 off: pitfall 9)
+    # Matryoshka: also train these leading slices of the embedding (renormalised) with the same loss, averaged
+    # with the full one, so `encode(dimensions=...)` truncation is learned, not only applied; None = off
+    matryoshka_dims: list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
             raise ConfigError(f"loss.temperature must be > 0, got {self.temperature}")
+        if self.matryoshka_dims is not None and (
+            not self.matryoshka_dims or any(int(m) < 1 for m in self.matryoshka_dims)
+        ):
+            raise ConfigError(f"loss.matryoshka_dims must be positive widths, got {self.matryoshka_dims}")
 
 
 @dataclass

@@ -62,3 +62,28 @@ def contrastive_loss(
     logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
     labels = rows + rank() * n_local  # positive of row i sits at i within its rank's block
     return F.cross_entropy(logits, labels)
+
+
+def matryoshka_loss(
+    queries: torch.Tensor,
+    docs: torch.Tensor,
+    neg_mask: torch.Tensor,
+    in_batch: torch.Tensor,
+    temperature: float,
+    dims: tuple[int, ...],
+) -> torch.Tensor:
+    """InfoNCE on the full embeddings and on each leading slice of ``dims`` components (renormalised), averaged
+    (Matryoshka representation learning, Kusupati et al., 2022): truncating the trained model's vectors to one of
+    ``dims`` then loses little, because the loss has trained each prefix to be an embedding on its own.
+
+    Shapes as :func:`contrastive_loss`; ``dims`` each < D (the full width is always included).
+    """
+    width = queries.shape[1]
+    losses = [contrastive_loss(queries, docs, neg_mask, in_batch, temperature)]
+    for m in dims:
+        if not 0 < m < width:
+            raise ValueError(f"matryoshka dims must be in 1..{width - 1}, got {m}")
+        q = F.normalize(queries[:, :m], dim=1)  # [B, m]
+        d = F.normalize(docs[:, :m], dim=1)  # [B(1+K), m]
+        losses.append(contrastive_loss(q, d, neg_mask, in_batch, temperature))
+    return torch.stack(losses).mean()

@@ -85,6 +85,7 @@ class DeepSpeedEngine:
         self.zero_stage = int(ds_config["zero_optimization"]["stage"])
         self.collective_forward = self.zero_stage == 3
         self.temperature = cfg.loss.temperature
+        self.matryoshka_dims = tuple(cfg.loss.matryoshka_dims or ())
         self.chunk_size = cfg.run.chunk_size
         self.autocast_dtype = precision.compute
         self.lora = cfg.lora.enabled
@@ -96,7 +97,13 @@ class DeepSpeedEngine:
     def step(self, batch) -> tuple[float, float]:
         self.engine.train()
         loss = contrastive_backward(
-            self.engine, batch, self.temperature, self.chunk_size, self.autocast_dtype, self.engine.backward
+            self.engine,
+            batch,
+            self.temperature,
+            self.chunk_size,
+            self.autocast_dtype,
+            self.engine.backward,
+            matryoshka_dims=self.matryoshka_dims,
         )
         self.engine.step()  # clip, optimizer step (fp32 masters), scheduler step, zero grads
         norm = self.engine.get_global_grad_norm()

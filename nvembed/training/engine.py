@@ -52,6 +52,7 @@ class TorchEngine:
         chunk_size: GradCache chunk rows, or None for the plain loss.
         grad_clip: max global grad norm (None/0: off).
         autocast_dtype: compute dtype of the forward (None: the weights' dtype).
+        matryoshka_dims: leading slices trained as embeddings too (``loss.matryoshka_dims``).
     """
 
     collective_forward = False
@@ -65,8 +66,10 @@ class TorchEngine:
         chunk_size: int | None = None,
         grad_clip: float | None = 1.0,
         autocast_dtype: torch.dtype | None = None,
+        matryoshka_dims: tuple[int, ...] = (),
     ) -> None:
         self.model = model
+        self.matryoshka_dims = tuple(matryoshka_dims)
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.temperature = temperature
@@ -83,7 +86,14 @@ class TorchEngine:
         """One optimizer step; returns (this rank's loss, global grad norm before clipping)."""
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = contrastive_backward(self.model, batch, self.temperature, self.chunk_size, self.autocast_dtype)
+        loss = contrastive_backward(
+            self.model,
+            batch,
+            self.temperature,
+            self.chunk_size,
+            self.autocast_dtype,
+            matryoshka_dims=self.matryoshka_dims,
+        )
         average_gradients(self.params)
         max_norm = self.grad_clip if self.grad_clip else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)

@@ -94,6 +94,7 @@ def make_engine(cfg: TrainConfig, model: torch.nn.Module, precision: Precision) 
         cfg.run.chunk_size,
         cfg.optim.grad_clip,
         precision.compute,
+        tuple(cfg.loss.matryoshka_dims or ()),
     )
 
 

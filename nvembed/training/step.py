@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 
 from nvembed.data.collate import ContrastiveBatch
-from nvembed.losses import contrastive_loss
+from nvembed.losses import contrastive_loss, matryoshka_loss
 from nvembed.training.gradcache import gradcache_backward, split_features
 
 
@@ -43,6 +43,7 @@ def contrastive_backward(
     autocast_dtype: torch.dtype | None = None,
     backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
     micro_batch: int = 32,
+    matryoshka_dims: tuple[int, ...] = (),
 ) -> torch.Tensor:
     """Embed queries and documents, compute InfoNCE, backpropagate; returns the detached loss.
 
@@ -54,6 +55,7 @@ def contrastive_backward(
         autocast_dtype: e.g. ``torch.bfloat16`` on GPUs; None runs in the weights' dtype.
         backward: how to backpropagate (DeepSpeed passes ``engine.backward``).
         micro_batch: without GradCache, rows per length-sorted forward pass (less padding, same result).
+        matryoshka_dims: also train these leading slices as embeddings (:func:`nvembed.losses.matryoshka_loss`).
     """
     device = batch.neg_mask.device
 
@@ -66,6 +68,10 @@ def contrastive_backward(
 
     def loss_fn(queries: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
         # inputs arrive in length-sorted order; put them back in batch order: [B, D], [B(1+K), D]
+        if matryoshka_dims:
+            return matryoshka_loss(
+                queries[q_inv], docs[d_inv], batch.neg_mask, batch.in_batch, temperature, matryoshka_dims
+            )
         return contrastive_loss(queries[q_inv], docs[d_inv], batch.neg_mask, batch.in_batch, temperature)
 
     if chunk_size is None:

@@ -69,3 +69,47 @@ def test_encode_dimensions(minilm):
     np.testing.assert_allclose(np.linalg.norm(half, axis=1), 1.0, rtol=1e-5)
     with pytest.raises(ValueError, match="dimensions must be in 1..384"):
         emb.encode(texts, dimensions=385)
+
+
+def test_matryoshka_loss_averages_full_and_renormalised_prefixes():
+    import torch
+    import torch.nn.functional as F
+
+    from nvembed.config import ConfigError, LossConfig
+    from nvembed.losses import contrastive_loss, matryoshka_loss
+
+    g = torch.Generator().manual_seed(0)
+    b, k, d = 4, 2, 32
+    q = F.normalize(torch.randn(b, d, generator=g), dim=1)
+    docs = F.normalize(torch.randn(b * (1 + k), d, generator=g), dim=1)
+    mask, inb = torch.ones(b, k, dtype=torch.bool), torch.ones(b, dtype=torch.bool)
+    full = contrastive_loss(q, docs, mask, inb, 0.05)
+    assert torch.allclose(matryoshka_loss(q, docs, mask, inb, 0.05, ()), full)
+    parts = [full] + [
+        contrastive_loss(F.normalize(q[:, :m], dim=1), F.normalize(docs[:, :m], dim=1), mask, inb, 0.05)
+        for m in (8, 16)
+    ]
+    assert torch.allclose(matryoshka_loss(q, docs, mask, inb, 0.05, (8, 16)), torch.stack(parts).mean())
+    with pytest.raises(ValueError, match="1..31"):
+        matryoshka_loss(q, docs, mask, inb, 0.05, (32,))
+    with pytest.raises(ConfigError, match="matryoshka_dims"):
+        LossConfig(matryoshka_dims=[0])
+
+
+def test_matryoshka_training_step_runs_on_both_gradient_paths(minilm):
+    """The Matryoshka loss through the training step, plain and GradCache: the same gradients."""
+    import torch
+
+    from nvembed import Embedder
+    from nvembed.data.collate import ContrastiveCollator
+    from nvembed.training.step import contrastive_backward
+    from tests.helpers import toy_rows
+
+    emb = Embedder.from_pretrained(minilm, pooling="mean")
+    batch = ContrastiveCollator(emb.inputs, num_negatives=2, query_max_length=16, doc_max_length=16)(toy_rows(8, 2))
+    grads = []
+    for chunk in (None, 4):
+        emb.model.zero_grad(set_to_none=True)
+        contrastive_backward(emb.model, batch, 0.05, chunk_size=chunk, matryoshka_dims=(96, 192))
+        grads.append(torch.cat([p.grad.flatten() for p in emb.model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
