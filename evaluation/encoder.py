@@ -130,6 +130,10 @@ class NVEmbedEncoder(AbsEncoder):
             ``batch_size``.
         dimensions: score truncated embeddings (the first ``dimensions`` components, renormalised); part of the
             revision, so a truncated model's results never mix with the full one's.
+        precision: ``float32``, ``int8`` or ``binary``: score the quantised vectors (int8 codes as numbers; binary
+            codes as +-1, whose cosine is ``1 - 2 * hamming / d``: mteb's cosine ranks exactly as Hamming search
+            does). Part of the revision.
+        calibration: the :class:`nvembed.compression.Int8Calibration` int8 needs (ranges from corpus vectors).
     """
 
     def __init__(
@@ -142,10 +146,20 @@ class NVEmbedEncoder(AbsEncoder):
         source: str | None = None,
         batch_tokens: int | None = None,
         dimensions: int | None = None,
+        precision: str = "float32",
+        calibration=None,
     ) -> None:
+        from nvembed.compression import PRECISIONS
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision == "int8" and calibration is None:
+            raise ValueError("precision='int8' needs calibration= (Int8Calibration.from_vectors(corpus vectors))")
         self.model = embedder
         self.batch_tokens = batch_tokens
         self.dimensions = dimensions
+        self.precision = precision
+        self.calibration = calibration
         self.instructions = dict(instructions or {})
         self.max_length = max_length
         folder = source or embedder.config.model.name_or_path
@@ -153,7 +167,7 @@ class NVEmbedEncoder(AbsEncoder):
         template = embedder.inputs.instruction_template
         self.instruction_policy = embedder.config.model.instruction_policy
         fingerprint = instruction_fingerprint(self.instructions, template, self.instruction_policy)
-        truncated = f"-d{dimensions}" if dimensions else ""
+        truncated = (f"-d{dimensions}" if dimensions else "") + ("" if precision == "float32" else f"-{precision}")
         revision = revision or f"{folder_fingerprint(folder)}-{fingerprint}{truncated}"
         n_params = sum(p.numel() for p in embedder.model.parameters())
         self.mteb_model_meta = make_meta(name, revision, dimensions or embedder.dim, max_length, n_params)
@@ -167,7 +181,7 @@ class NVEmbedEncoder(AbsEncoder):
         texts = [t if t.strip() else " ." for t in texts]  # mteb data can hold empty strings; keep rows aligned
         instruction = self.instruction(task_metadata.name, task_metadata.type, prompt_type)
         self.calls.append((task_metadata.name, getattr(prompt_type, "value", prompt_type), len(texts)))
-        return self.model.encode(
+        vectors = self.model.encode(
             texts,
             instruction=instruction,
             batch_size=int(kwargs.get("batch_size", 32)),
@@ -175,4 +189,14 @@ class NVEmbedEncoder(AbsEncoder):
             show_progress=bool(kwargs.get("show_progress_bar", False)),
             batch_tokens=self.batch_tokens,
             dimensions=self.dimensions,
-        )
+        )  # [n, d]
+        if self.precision == "float32":
+            return vectors
+        import numpy as np
+
+        from nvembed.compression import quantize
+
+        codes = quantize(vectors, self.precision, self.calibration)
+        if self.precision == "binary":  # packed bits [n, d/8] -> +-1 [n, d]
+            return np.unpackbits(codes, axis=1).astype(np.float32) * 2.0 - 1.0
+        return codes.astype(np.float32)  # int8 codes [n, d]

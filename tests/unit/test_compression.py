@@ -113,3 +113,36 @@ def test_matryoshka_training_step_runs_on_both_gradient_paths(minilm):
         contrastive_backward(emb.model, batch, 0.05, chunk_size=chunk, matryoshka_dims=(96, 192))
         grads.append(torch.cat([p.grad.flatten() for p in emb.model.parameters() if p.grad is not None]))
     torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+
+
+def test_mteb_encoder_scores_quantised_vectors(minilm, tmp_path):
+    """int8 and binary through mteb's STS evaluator: close to float32 on sentences the calibration did not see."""
+    import mteb
+    from datasets import Dataset, DatasetDict
+
+    from evaluation.encoder import NVEmbedEncoder
+    from nvembed import Embedder
+
+    emb = Embedder.from_pretrained(minilm, pooling="mean")
+    words = "cat dog car tree house river city music food sport rain sun child king road ship".split()
+    calib = [f"{a} and {b} near the {c}" for a in words for b in words for c in words[:4]]  # 1,024 texts
+    cal = Int8Calibration.from_vectors(emb.encode(calib, show_progress=False))
+    pairs = [(f"a {a} in the {b}", f"the {a} sits in a {b}", 4.5) for a, b in zip(words, words[1:], strict=False)]
+    pairs += [
+        (f"a {a} in the {b}", f"the {c} is far from here", 0.5)
+        for a, b, c in zip(words, words[1:], words[2:], strict=False)
+    ]
+    scores = {}
+    for precision in ("float32", "int8", "binary"):
+        task = mteb.get_task("STSBenchmark")
+        task.dataset = DatasetDict(
+            {"test": Dataset.from_list([{"sentence1": a, "sentence2": b, "score": s} for a, b, s in pairs])}
+        )
+        task.data_loaded = True
+        enc = NVEmbedEncoder(emb, max_length=32, source=minilm, precision=precision, calibration=cal)
+        res = mteb.evaluate(enc, [task], cache=None, overwrite_strategy="always", show_progress_bar=False)
+        scores[precision] = float(res.task_results[0].get_score())
+    assert scores["float32"] > 0.8
+    assert abs(scores["int8"] - scores["float32"]) < 0.02 and abs(scores["binary"] - scores["float32"]) < 0.1, scores
+    with pytest.raises(ValueError, match="needs calibration"):
+        NVEmbedEncoder(emb, precision="int8")
