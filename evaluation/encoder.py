@@ -38,12 +38,13 @@ def task_instruction(
     policy: str = "all",
 ) -> str | None:
     """The instruction an nvembed model gets for one side of a task: ``None`` for retrieval/reranking documents,
-    and for every task type the model's ``instruction_policy`` leaves uninstructed (an override still applies).
+    and for every task type the model's ``instruction_policy`` leaves uninstructed. As in training, the policy
+    decides *whether* a task type is instructed and an override only chooses the text.
 
     A pure function of names (no model), so the driver can key the embedding cache the way an actor encodes.
     """
     overrides = overrides or {}
-    if task_name not in overrides and not policy_applies(policy, task_type):
+    if not policy_applies(policy, task_type):
         return None
     if task_name in overrides:
         text, documents = overrides[task_name], task_type not in ("Retrieval", "Reranking")
@@ -83,7 +84,7 @@ def folder_fingerprint(path: str | Path) -> str:
 def instruction_fingerprint(overrides: dict[str, str] | None = None, template: str = "", policy: str = "all") -> str:
     table = {k: (v.instruction, v.documents) for k, v in REGISTRY.items()}
     blob = {"registry": table, "overrides": overrides or {}, "template": template}
-    if policy != "all":  # fingerprints of models evaluated before the policy existed stay the same
+    if policy != "all":  # under "all" the blob is the one the registry alone gives
         blob["policy"] = policy
     blob = json.dumps(blob, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:8]
@@ -155,6 +156,16 @@ class NVEmbedEncoder(AbsEncoder):
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if precision == "int8" and calibration is None:
             raise ValueError("precision='int8' needs calibration= (Int8Calibration.from_vectors(corpus vectors))")
+        width = dimensions or embedder.dim
+        if dimensions is not None and not 1 <= dimensions <= embedder.dim:
+            raise ValueError(f"dimensions must be in 1..{embedder.dim} (the embedding width), got {dimensions}")
+        if precision == "binary" and width % 8:
+            raise ValueError(f"binary vectors pack 8 dimensions per byte; width {width} is not a multiple of 8")
+        if precision == "int8" and calibration.ranges.shape != (2, width):
+            raise ValueError(
+                f"int8 calibration ranges are {calibration.ranges.shape}, the vectors [n, {width}]: calibrate on "
+                "vectors encoded with the same dimensions="
+            )
         self.model = embedder
         self.batch_tokens = batch_tokens
         self.dimensions = dimensions
@@ -167,8 +178,11 @@ class NVEmbedEncoder(AbsEncoder):
         template = embedder.inputs.instruction_template
         self.instruction_policy = embedder.config.model.instruction_policy
         fingerprint = instruction_fingerprint(self.instructions, template, self.instruction_policy)
-        truncated = (f"-d{dimensions}" if dimensions else "") + ("" if precision == "float32" else f"-{precision}")
-        revision = revision or f"{folder_fingerprint(folder)}-{fingerprint}{truncated}"
+        compressed = f"-d{dimensions}" if dimensions else ""
+        if precision != "float32":
+            compressed += f"-{precision}" + (f"-{calibration.fingerprint()}" if precision == "int8" else "")
+        # the compression suffix also follows an explicit revision: compressed results never mix with full ones
+        revision = (revision or f"{folder_fingerprint(folder)}-{fingerprint}") + compressed
         n_params = sum(p.numel() for p in embedder.model.parameters())
         self.mteb_model_meta = make_meta(name, revision, dimensions or embedder.dim, max_length, n_params)
         self.calls: list[tuple[str, str | None, int]] = []  # (task, prompt type, n texts), for tests and logs

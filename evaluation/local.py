@@ -114,7 +114,10 @@ def _materialise_plain(src: Path, task_type: str, splits: list[str], work: Path,
             candidates.append(src / "all.jsonl")
         path = next((p for p in candidates if p.is_file()), None)
         if path is None:
-            raise LocalDataError(f"{src}: missing {split}.jsonl for a {task_type} task (columns {sorted(required)})")
+            also = " (or all.jsonl: the task is cross-validated over one set)" if whole else ""
+            raise LocalDataError(
+                f"{src}: missing {split}.jsonl{also} for a {task_type} task (columns {sorted(required)})"
+            )
         missing = required - set(_first_row(path))
         if missing:
             raise LocalDataError(f"{path}: first row lacks column(s) {sorted(missing)} needed by {task_type}")

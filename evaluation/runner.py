@@ -68,8 +68,15 @@ def _instruction_setting(path: str) -> tuple[str, str]:
     from nvembed.config import ModelConfig
 
     default = ModelConfig()
-    cfg = Path(path) / "nvembed_config.json"
-    model = json.loads(cfg.read_text())["config"]["model"] if cfg.is_file() else {}
+    cfg: Path | None = Path(path) / "nvembed_config.json"
+    if not cfg.is_file() and not Path(path).exists():  # a hub name: read the file the actor will read
+        try:
+            from huggingface_hub import hf_hub_download
+
+            cfg = Path(hf_hub_download(str(path), "nvembed_config.json"))
+        except Exception:  # not an nvembed export on the hub (or offline without a cached copy)
+            cfg = None
+    model = json.loads(cfg.read_text())["config"]["model"] if cfg is not None and cfg.is_file() else {}
     return (
         model.get("instruction_template", default.instruction_template),
         model.get("instruction_policy", default.instruction_policy),
@@ -157,6 +164,13 @@ def run_evaluation(request: EvalRequest, log=print) -> EvalOutcome:
     task_data = {k: str(Path(v).resolve()) for k, v in request.task_data.items()}
     model = str(Path(request.model).resolve()) if Path(request.model).exists() else request.model
     task_objs = {t.metadata.name: t for t in resolve_tasks(request.benchmark, request.task_names)}
+    from evaluation.suite import LOCAL_TASKS
+
+    no_data = [
+        c.metadata.name for c in LOCAL_TASKS if c.metadata.name in task_objs and c.metadata.name not in task_data
+    ]
+    if no_data:  # they exist only as local folders: an actor would look for them on the Hub
+        raise ValueError(f"task(s) {no_data} of evaluation/suite.py need a local folder: --task-data {no_data[0]}=DIR")
     path, kind = model_kind(model, request.baseline)
     name, revision = identity(model, path, kind)
     folder = ResultsFolder(Path(request.output).resolve(), name, revision)

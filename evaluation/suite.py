@@ -159,4 +159,10 @@ def register() -> None:
             "by evaluation/suite.py"
         )
     for cls in LOCAL_TASKS:
-        registry.setdefault(cls.metadata.name, cls)
+        known = registry.get(cls.metadata.name)
+        if known is not None and known is not cls:
+            raise RuntimeError(
+                f"mteb already has a task named {cls.metadata.name!r} ({known.__module__}): evaluation/suite.py would "
+                "feed it local files of another layout; rename the local task"
+            )
+        registry[cls.metadata.name] = cls

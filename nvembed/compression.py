@@ -59,25 +59,36 @@ class Int8Calibration:
             )
         return cls(ranges)
 
-    def save(self, path: str | Path) -> None:
-        np.save(Path(path), self.ranges)
+    def save(self, path: str | Path) -> Path:
+        """Writes ``path`` with a ``.npy`` suffix (added if missing, as numpy does); returns the written path."""
+        path = Path(path).with_suffix(".npy")
+        np.save(path, self.ranges)
+        return path
 
     @classmethod
     def load(cls, path: str | Path) -> Int8Calibration:
-        return cls(np.load(Path(path)))
+        ranges = np.load(Path(path).with_suffix(".npy"))
+        if ranges.ndim != 2 or ranges.shape[0] != 2:
+            raise ValueError(f"{path}: int8 ranges must be [2, d] (min, max), got shape {ranges.shape}")
+        return cls(ranges)
+
+    def fingerprint(self) -> str:
+        import hashlib
+
+        return hashlib.sha1(np.ascontiguousarray(self.ranges, dtype=np.float32).tobytes()).hexdigest()[:8]
 
 
 def quantize(embeddings: np.ndarray, precision: str, calibration: Int8Calibration | None = None) -> np.ndarray:
     """``float32`` (unchanged), ``int8`` (``[n, d]`` int8, needs ``calibration``) or ``binary`` (``[n, d/8]``
-    packed uint8 bits, sign of each component), with sentence-transformers' buckets."""
+    packed uint8 bits, sign of each component), with sentence-transformers' buckets (its ``eval`` extra)."""
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    if precision == "float32":
+        return embeddings
     try:
         from sentence_transformers.util.quantization import quantize_embeddings
     except ImportError:  # sentence-transformers < 6
         from sentence_transformers.quantization import quantize_embeddings
 
-    embeddings = np.asarray(embeddings, dtype=np.float32)
-    if precision == "float32":
-        return embeddings
     if precision == "int8":
         if calibration is None:
             raise ValueError("int8 needs an Int8Calibration (ranges from corpus vectors), not ranges of the batch")
@@ -97,9 +108,15 @@ def bytes_per_vector(dimensions: int, precision: str) -> int:
     return {"float32": 4 * dimensions, "int8": dimensions, "binary": dimensions // 8}[precision]
 
 
+def _rows_unit(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def build_index(vectors: np.ndarray, precision: str):
-    """A faiss index of the matching kind: inner product over float32 or int8 (decoded to float32: faiss has no
-    int8 inner-product index on CPU), Hamming distance over packed binary codes."""
+    """A faiss index of the matching kind: inner product over float32 vectors; cosine over int8 codes (decoded to
+    float32 and normalised: faiss has no int8 inner-product index on CPU, and cosine is what the mteb encoder
+    scores them by, so evaluation measures what search serves); Hamming distance over packed binary codes."""
     import faiss
 
     if precision == "binary":
@@ -109,7 +126,7 @@ def build_index(vectors: np.ndarray, precision: str):
         return index
     if precision not in ("float32", "int8"):
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    data = np.ascontiguousarray(vectors, dtype=np.float32)  # int8 codes as floats: same ranking as their dot product
+    data = _rows_unit(vectors) if precision == "int8" else np.ascontiguousarray(vectors, dtype=np.float32)
     index = faiss.IndexFlatIP(data.shape[1])
     index.add(data)
     return index
@@ -120,4 +137,6 @@ def search(index, queries: np.ndarray, k: int, precision: str) -> tuple[np.ndarr
     if precision == "binary":
         dist, ids = index.search(np.ascontiguousarray(queries, dtype=np.uint8), k)
         return -dist.astype(np.float32), ids
+    if precision == "int8":
+        return index.search(_rows_unit(queries), k)
     return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)

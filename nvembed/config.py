@@ -220,9 +220,11 @@ class LossConfig:
         if self.temperature <= 0:
             raise ConfigError(f"loss.temperature must be > 0, got {self.temperature}")
         if self.matryoshka_dims is not None and (
-            not self.matryoshka_dims or any(int(m) < 1 for m in self.matryoshka_dims)
+            not self.matryoshka_dims
+            or any(int(m) < 1 for m in self.matryoshka_dims)
+            or len(set(self.matryoshka_dims)) != len(self.matryoshka_dims)
         ):
-            raise ConfigError(f"loss.matryoshka_dims must be positive widths, got {self.matryoshka_dims}")
+            raise ConfigError(f"loss.matryoshka_dims must be distinct positive widths, got {self.matryoshka_dims}")
 
 
 @dataclass

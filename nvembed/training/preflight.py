@@ -29,6 +29,28 @@ _PROBE = "text"  # a plain word standing in for a text where none is at hand
 TEXTS_PER_INSTRUCTION = 256  # training texts checked per (instruction, side): enough to meet boundary merges
 
 
+def check_matryoshka_dims(cfg: TrainConfig) -> None:
+    """``loss.matryoshka_dims`` below the embedding width (the backbone's hidden size: every pooling keeps it), on
+    the driver: a worker would find a wrong width at its first step, and Ray Train would retry it."""
+    dims = cfg.loss.matryoshka_dims
+    if not dims:
+        return
+    from transformers import AutoConfig
+
+    from nvembed.modeling.builders import resolve_model_path
+
+    try:
+        width = int(AutoConfig.from_pretrained(resolve_model_path(cfg.model.name_or_path)).hidden_size)
+    except (OSError, AttributeError, ValueError):  # unreadable here: the loss checks at the first step
+        return
+    bad = [m for m in dims if not 0 < m < width]
+    if bad:
+        raise ConfigError(
+            f"{_stage(cfg)}.loss.matryoshka_dims={dims}: {bad} not below the embedding width {width} "
+            f"({cfg.model.name_or_path}); the full width is always trained"
+        )
+
+
 def driver_input_builder(cfg: TrainConfig, tokenizer=None) -> InputBuilder:
     """The :class:`InputBuilder` the workers will build for ``cfg.model``, from its tokenizer and ``config.json``."""
     from transformers import AutoConfig
@@ -133,14 +155,21 @@ def check_stage_inputs(
             limit), or dev data that is an evaluation test split / trained on.
         DataError: a dev file that is missing or has a bad row (``file:line: reason``).
     """
+    from nvembed.data.instructions import policy_applies
+
     check_instructions_registered(cfg)
     inputs = inputs or driver_input_builder(cfg, tokenizer)
     stage = _stage(cfg)
-    # one check per distinct (instruction, side); the first row that uses it supplies the text
+    check_matryoshka_dims(cfg)
+    policy = cfg.model.instruction_policy
+    # one check per distinct (instruction, side); the first row that uses it supplies the text; an instruction the
+    # policy drops for the row's task type is never tokenised, so it is not checked either
     seen: dict[tuple[str, str | None], tuple[list[str], list[str]]] = {}
     for name, examples in rows.items():
         for r in examples:
-            for side, instruction, text in (("query", r.instruction, r.query), ("doc", r.doc_instruction, r.positive)):
+            kept = policy_applies(policy, r.task_type)
+            query_instr, doc_instr = (r.instruction, r.doc_instruction) if kept else (None, None)
+            for side, instruction, text in (("query", query_instr, r.query), ("doc", doc_instr, r.positive)):
                 texts, names = seen.setdefault((side, instruction), ([], []))
                 if len(texts) < TEXTS_PER_INSTRUCTION:
                     texts.append(text)
@@ -165,11 +194,16 @@ def check_dev_inputs(cfg: TrainConfig, inputs: InputBuilder) -> None:
     dev = cfg.dev
     check_dev_data(dev, [d.path for d in cfg.data.datasets], cfg.data.decontaminate)
     loaded = DevSet(dev, seed=0)  # reads and validates every dev file, resolves the dev instructions
+    from nvembed.data.instructions import policy_applies
+
+    policy = cfg.model.instruction_policy  # as DevSet.evaluate applies it
     parts = []
     if loaded.retrieval is not None and loaded.retrieval.queries:  # every dev text: a dev slice is small
-        parts.append(("dev.retrieval", loaded.retrieval.instruction, loaded.retrieval.queries))
+        instruction = loaded.retrieval.instruction if policy_applies(policy, "Retrieval") else None
+        parts.append(("dev.retrieval", instruction, loaded.retrieval.queries))
     if loaded.sts is not None and loaded.sts.left:
-        parts.append(("dev.sts", loaded.sts.instruction, loaded.sts.left + loaded.sts.right))
+        instruction = loaded.sts.instruction if policy_applies(policy, "STS") else None
+        parts.append(("dev.sts", instruction, loaded.sts.left + loaded.sts.right))
     check_fits(inputs, None, _PROBE, dev.max_length, "dev.max_length", "")
     for key, instruction, text in parts:
         check_fits(inputs, instruction, text, dev.max_length, "dev.max_length", f"{key} ({getattr(dev, key[4:])})")

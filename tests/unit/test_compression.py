@@ -146,3 +146,31 @@ def test_mteb_encoder_scores_quantised_vectors(minilm, tmp_path):
     assert abs(scores["int8"] - scores["float32"]) < 0.02 and abs(scores["binary"] - scores["float32"]) < 0.1, scores
     with pytest.raises(ValueError, match="needs calibration"):
         NVEmbedEncoder(emb, precision="int8")
+
+
+def test_review_guards(minilm, tmp_path):
+    """Options that would fail deep inside an evaluation or at a worker's first step fail where they are given."""
+    from evaluation.encoder import NVEmbedEncoder
+    from nvembed import Embedder
+    from nvembed.config import ConfigError, JobConfig, LossConfig, load_yaml
+    from nvembed.training.preflight import check_matryoshka_dims
+
+    emb = Embedder.from_pretrained(minilm, pooling="mean")
+    cal = Int8Calibration.from_vectors(_unit(1000, 384))
+    with pytest.raises(ValueError, match="same dimensions="):
+        NVEmbedEncoder(emb, dimensions=192, precision="int8", calibration=cal)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        NVEmbedEncoder(emb, dimensions=100, precision="binary")
+    with pytest.raises(ValueError, match="1..384"):
+        NVEmbedEncoder(emb, dimensions=500)
+    # the compression suffix follows an explicit revision too; int8 revisions name their calibration
+    assert NVEmbedEncoder(emb, revision="r", dimensions=96).mteb_model_meta.revision == "r-d96"
+    rev = NVEmbedEncoder(emb, revision="r", precision="int8", calibration=cal).mteb_model_meta.revision
+    assert rev == f"r-int8-{cal.fingerprint()}"
+    # calibration files round-trip with or without the suffix
+    assert Int8Calibration.load(cal.save(tmp_path / "ranges")).fingerprint() == cal.fingerprint()
+    with pytest.raises(ConfigError, match="distinct"):
+        LossConfig(matryoshka_dims=[96, 96])
+    job = load_yaml("jobs/configs/quickstart.yaml", JobConfig, ["stage1.loss.matryoshka_dims=[16, 4096]"])
+    with pytest.raises(ConfigError, match=r"\[4096\] not below the embedding width"):
+        check_matryoshka_dims(job.stage_config(1))

@@ -119,7 +119,9 @@ def test_policy_decides_instructions_per_task_type():
     assert task_instruction("STS12", "STS", None, policy="all") == "Retrieve semantically similar text."
     assert task_instruction("STS12", "STS", None, policy="asymmetric") is None
     assert task_instruction("MR", "Classification", None, policy="none") is None
-    assert task_instruction("MR", "Classification", None, {"MR": "Say it"}, policy="none") == "Say it"  # explicit
+    # an override chooses the text, the policy whether the type is instructed (as the collator does in training)
+    assert task_instruction("MR", "Classification", None, {"MR": "Say it"}, policy="all") == "Say it"
+    assert task_instruction("MR", "Classification", None, {"MR": "Say it"}, policy="none") is None
     # the evaluation cache key changes with the policy; "all" keeps the keys results were stored under before
     assert instruction_fingerprint(policy="asymmetric") != instruction_fingerprint(policy="all")
     assert instruction_fingerprint(policy="all") == instruction_fingerprint()
