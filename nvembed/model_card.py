@@ -313,7 +313,9 @@ class ModelCard:
             "from nvembed import Embedder",
             "",
             f'emb = Embedder.from_pretrained("{name}")',
-            f'queries = emb.encode(["how do I reset my card pin?"], instruction="{query}")',
+            'queries = emb.encode(["how do I reset my card pin?"])  # trained without instructions'
+            if self.instruction_policy == "none"
+            else f'queries = emb.encode(["how do I reset my card pin?"], instruction="{query}")',
             'docs = emb.encode(["To reset your PIN, open the app ..."])  # documents: no instruction',
             "scores = queries @ docs.T",
             "```",
