@@ -223,10 +223,10 @@ def instruction_for(task: str, side: str) -> str | None:
 
 #: Which task types get their instruction (``model.instruction_policy``). ``all`` is NV-Embed's setting (every task
 #: type instructed; retrieval and reranking on the query side only). ``asymmetric`` instructs only retrieval and
-#: reranking tasks (as under ``all``: queries, both sides for QuoraRetrieval) and leaves symmetric tasks (STS, classification, clustering, pair classification,
-#: summarization) as plain text: the setting for a backbone that was pretrained without instructions, which
-#: starts below itself on every symmetric task when they are prefixed (docs/recipe.md measures both). ``none``
-#: never instructs.
+#: reranking tasks (as under ``all``: queries, both sides for QuoraRetrieval) and leaves symmetric tasks (STS,
+#: classification, clustering, pair classification, summarization) as plain text: the setting for a backbone that
+#: was pretrained without instructions, which starts below itself on every symmetric task when they are prefixed
+#: (docs/recipe.md). ``none`` never instructs.
 INSTRUCTION_POLICIES = ("all", "asymmetric", "none")
 ASYMMETRIC_TYPES = ("Retrieval", "Reranking")
 

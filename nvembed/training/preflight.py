@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from nvembed.config import ConfigError, TrainConfig
-from nvembed.data.instructions import UnknownTaskError, get_instruction
+from nvembed.data.instructions import UnknownTaskError, get_instruction, policy_applies
 from nvembed.data.schema import TrainingExample
 from nvembed.tokenization import InputBuilder
 
@@ -155,8 +155,6 @@ def check_stage_inputs(
             limit), or dev data that is an evaluation test split / trained on.
         DataError: a dev file that is missing or has a bad row (``file:line: reason``).
     """
-    from nvembed.data.instructions import policy_applies
-
     check_instructions_registered(cfg)
     inputs = inputs or driver_input_builder(cfg, tokenizer)
     stage = _stage(cfg)
@@ -194,8 +192,6 @@ def check_dev_inputs(cfg: TrainConfig, inputs: InputBuilder) -> None:
     dev = cfg.dev
     check_dev_data(dev, [d.path for d in cfg.data.datasets], cfg.data.decontaminate)
     loaded = DevSet(dev, seed=0)  # reads and validates every dev file, resolves the dev instructions
-    from nvembed.data.instructions import policy_applies
-
     policy = cfg.model.instruction_policy  # as DevSet.evaluate applies it
     parts = []
     if loaded.retrieval is not None and loaded.retrieval.queries:  # every dev text: a dev slice is small
