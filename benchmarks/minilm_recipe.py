@@ -170,7 +170,7 @@ def main() -> None:
     print()
     print(table(results, timings))
     print("\ninstructions: each trained model as its config's model.instruction_policy says; base: none")
-    print("train s: both stages, incl. data preparation and mining (0 when the curated rows were reused)")
+    print("train s: both stages, incl. data preparation and mining (a later variant reuses the curated rows)")
     (out / "results.json").write_text(
         json.dumps({"scores": results, "train_seconds": timings, "published_base": PUBLISHED_BASE}, indent=2)
     )
