@@ -59,7 +59,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", action="store_true", help="treat --model as a plain sentence-transformers model")
     p.add_argument("--compare", action="append", default=[], metavar="LABEL=DIR", help="another mteb results folder")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("compress", help="prune and/or quantize a trained model's weights into a new export")
+    p.add_argument("model", help="nvembed export (or any folder Embedder.from_pretrained loads)")
+    p.add_argument("--out", required=True, help="the compressed export's folder")
+    p.add_argument("--prune", default=None, help="magnitude | wanda | sparsegpt")
+    p.add_argument("--sparsity", default=None, help="unstructured fraction per layer (0.5) or N:M kept (2:4)")
+    p.add_argument("--quantize", default=None, help="weight-only: int8 (per channel) | int4 (per group)")
+    p.add_argument("--group-size", type=int, default=None, help="int4 group width (default 128 where it divides)")
+    p.add_argument("--calibration", default=None, help="texts for wanda/sparsegpt: JSONL, text file or BEIR folder")
+    p.add_argument("--calibration-texts", type=int, default=128, help="how many calibration texts to sample")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_compress)
     return parser
+
+
+def _compress(args: argparse.Namespace) -> int:
+    from nvembed.compress import compress_model
+
+    try:
+        out = compress_model(
+            args.model,
+            args.out,
+            calibration_path=args.calibration,
+            calibration_texts=args.calibration_texts,
+            seed=args.seed,
+            prune_method=args.prune,
+            sparsity=args.sparsity,
+            quantize=args.quantize,
+            group_size=args.group_size,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"nvembed compress: {exc}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, str]:

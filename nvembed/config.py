@@ -215,8 +215,17 @@ class LossConfig:
     # Matryoshka: also train these leading slices of the embedding (renormalised) with the same loss, averaged
     # with the full one, so `encode(dimensions=...)` truncation is learned, not only applied; None = off
     matryoshka_dims: list[int] | None = None
+    # distillation from a frozen teacher (recovery after `nvembed compress`, issue 16): the loss adds
+    # distill_weight * (1 - cos) (or MSE) between each query / document embedding and the teacher's; None = off
+    distill_from: str | None = None  # the teacher's export folder (e.g. the uncompressed model)
+    distill_weight: float = 1.0
+    distill_kind: str = "cosine"  # cosine | mse
 
     def __post_init__(self) -> None:
+        if self.distill_weight < 0:
+            raise ConfigError(f"loss.distill_weight must be >= 0, got {self.distill_weight}")
+        if self.distill_kind not in ("cosine", "mse"):
+            raise ConfigError(f"loss.distill_kind must be cosine or mse, got {self.distill_kind!r}")
         if self.temperature <= 0:
             raise ConfigError(f"loss.temperature must be > 0, got {self.temperature}")
         if self.matryoshka_dims is not None and (
@@ -368,6 +377,11 @@ class TrainConfig:
             )
         if self.run.stage == 2 and not self.run.init_from:
             raise ConfigError("run.init_from is required for stage 2 (the stage-1 final model folder)")
+        if self.loss.distill_from and self.scaling.engine == "deepspeed":
+            raise ConfigError(
+                "loss.distill_from runs a full teacher replica on every rank: use scaling.engine=ddp (ZeRO-3 "
+                "partitioning of the teacher is not implemented)"
+            )
 
     def embedder_config(self) -> EmbedderConfig:
         return EmbedderConfig(model=self.model, pooling=self.pooling, lora=self.lora)

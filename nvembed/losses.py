@@ -20,6 +20,15 @@ import torch.nn.functional as F
 from nvembed.distributed import all_gather_no_grad, all_gather_with_grad, rank
 
 
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
+    """Mean distance of ``[n, D]`` student embeddings to the frozen teacher's: ``1 - cos`` or squared error."""
+    if student.shape != teacher.shape:
+        raise ValueError(f"student embeddings {tuple(student.shape)} and teacher's {tuple(teacher.shape)} differ")
+    if kind == "mse":
+        return F.mse_loss(student, teacher)
+    return (1 - F.cosine_similarity(student, teacher, dim=-1)).mean()
+
+
 def contrastive_loss(
     queries: torch.Tensor,
     docs: torch.Tensor,

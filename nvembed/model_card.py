@@ -212,6 +212,8 @@ class ModelCard:
         evaluation_note: how the scores were obtained (metric, data, split).
         tags, language: extra hub metadata.
         notes: free markdown appended to the card.
+        compression: the weight-compression steps applied after training, in order (``nvembed compress``: each a
+            dict with ``step`` and its settings and measurements).
     """
 
     model_id: str | None = None
@@ -232,6 +234,7 @@ class ModelCard:
     tags: list[str] = field(default_factory=list)
     language: list[str] | None = None
     notes: str | None = None
+    compression: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.stages = [CardStage.coerce(s) for s in self.stages]
@@ -291,6 +294,8 @@ class ModelCard:
         out += ["", *self._usage(name), "", *self._instructions()]
         if self.stages:
             out += ["", *self._training()]
+        if self.compression:
+            out += ["", *self._compression()]
         if self.evaluation:
             out += ["", *self._evaluation()]
         if not self.license:
@@ -395,6 +400,21 @@ class ModelCard:
         for task, score in self.evaluation.items():
             row = score if isinstance(score, dict) else {"score": score}
             out.append(f"| {task} | " + " | ".join(_score(row.get(c)) for c in columns) + " |")
+        return out
+
+    def _compression(self) -> list[str]:
+        out = [
+            "## Compression",
+            "",
+            "Applied after training, in this order (`nvembed compress`); the saved weights hold the result in float "
+            "(pruned weights are zeros, quantized ones their dequantized values), so any loader reads them.",
+            "",
+            "| step | settings |",
+            "|---|---|",
+        ]
+        for step in self.compression:
+            settings = ", ".join(f"{k}={v}" for k, v in step.items() if k != "step")
+            out.append(f"| {step.get('step')} | {_md(settings)} |")
         return out
 
 

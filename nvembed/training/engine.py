@@ -53,6 +53,7 @@ class TorchEngine:
         grad_clip: max global grad norm (None/0: off).
         autocast_dtype: compute dtype of the forward (None: the weights' dtype).
         matryoshka_dims: leading slices trained as embeddings too (``loss.matryoshka_dims``).
+        teacher, distill_weight, distill_kind: distillation from a frozen model (``loss.distill_from``).
     """
 
     collective_forward = False
@@ -67,8 +68,14 @@ class TorchEngine:
         grad_clip: float | None = 1.0,
         autocast_dtype: torch.dtype | None = None,
         matryoshka_dims: tuple[int, ...] = (),
+        teacher: torch.nn.Module | None = None,
+        distill_weight: float = 1.0,
+        distill_kind: str = "cosine",
     ) -> None:
         self.model = model
+        self.teacher = teacher
+        self.distill_weight = distill_weight
+        self.distill_kind = distill_kind
         self.matryoshka_dims = tuple(matryoshka_dims)
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -93,6 +100,9 @@ class TorchEngine:
             self.chunk_size,
             self.autocast_dtype,
             matryoshka_dims=self.matryoshka_dims,
+            teacher=self.teacher,
+            distill_weight=self.distill_weight,
+            distill_kind=self.distill_kind,
         )
         average_gradients(self.params)
         max_norm = self.grad_clip if self.grad_clip else float("inf")

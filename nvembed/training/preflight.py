@@ -51,6 +51,28 @@ def check_matryoshka_dims(cfg: TrainConfig) -> None:
         )
 
 
+def check_distill_teacher(cfg: TrainConfig) -> None:
+    """``loss.distill_from`` names a saved nvembed model whose embedding width is the student's, on the driver."""
+    teacher = cfg.loss.distill_from
+    if not teacher:
+        return
+    import json
+    from pathlib import Path
+
+    meta_file = Path(teacher) / "nvembed_config.json"
+    if not meta_file.is_file():
+        raise ConfigError(f"{_stage(cfg)}.loss.distill_from={teacher}: not an nvembed export (no {meta_file.name})")
+    width = json.loads(meta_file.read_text()).get("embedding_dim")
+    student = Path(cfg.run.init_from or "") / "nvembed_config.json"
+    if cfg.run.init_from and student.is_file():
+        own = json.loads(student.read_text()).get("embedding_dim")
+        if width and own and width != own:
+            raise ConfigError(
+                f"{_stage(cfg)}.loss.distill_from={teacher}: the teacher's embeddings are {width}-d, the student's "
+                f"({cfg.run.init_from}) {own}-d"
+            )
+
+
 def driver_input_builder(cfg: TrainConfig, tokenizer=None) -> InputBuilder:
     """The :class:`InputBuilder` the workers will build for ``cfg.model``, from its tokenizer and ``config.json``."""
     from transformers import AutoConfig
@@ -159,6 +181,7 @@ def check_stage_inputs(
     inputs = inputs or driver_input_builder(cfg, tokenizer)
     stage = _stage(cfg)
     check_matryoshka_dims(cfg)
+    check_distill_teacher(cfg)
     policy = cfg.model.instruction_policy
     # one check per distinct (instruction, side); the first row that uses it supplies the text; an instruction the
     # policy drops for the row's task type is never tokenised, so it is not checked either

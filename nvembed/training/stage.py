@@ -50,6 +50,8 @@ def build_stage_embedder(cfg: TrainConfig) -> Embedder:
             p.requires_grad_(True)
         # the stage's policy is what this stage trains with, so it is what the export records
         emb.config.model.instruction_policy = cfg.model.instruction_policy
+        if emb.card is not None and any(s.get("step") == "prune" for s in emb.card.compression):
+            keep_sparsity(emb.model)  # recovery of a pruned export: its zeros stay zero
         return emb
     return Embedder.from_config(cfg.embedder_config(), seed=cfg.run.seed)
 
@@ -95,7 +97,37 @@ def make_engine(cfg: TrainConfig, model: torch.nn.Module, precision: Precision) 
         cfg.optim.grad_clip,
         precision.compute,
         tuple(cfg.loss.matryoshka_dims or ()),
+        teacher=load_teacher(cfg, next(model.parameters()).device),
+        distill_weight=cfg.loss.distill_weight,
+        distill_kind=cfg.loss.distill_kind,
     )
+
+
+def load_teacher(cfg: TrainConfig, device: torch.device) -> torch.nn.Module | None:
+    """The frozen teacher of ``loss.distill_from`` (no gradients, eval mode), or None."""
+    if not cfg.loss.distill_from:
+        return None
+    teacher = Embedder.from_pretrained(cfg.loss.distill_from).merge_lora().model.to(device)
+    teacher.requires_grad_(False)
+    return teacher.eval()
+
+
+def keep_sparsity(model: torch.nn.Module) -> int:
+    """Keep a pruned backbone's zeros at zero while it trains: each block Linear that has exact zeros gets a
+    gradient hook masking them. Under AdamW a weight whose gradient is always zero never moves (its moments stay
+    zero; decoupled decay scales zero), so the export has the pattern ``nvembed compress`` wrote. Returns the
+    number of masked layers."""
+    from nvembed.pruning import transformer_blocks
+
+    backbone = model.backbone.get_base_model() if hasattr(model.backbone, "get_base_model") else model.backbone
+    masked = 0
+    for block in transformer_blocks(backbone):
+        for layer in block.modules():
+            if isinstance(layer, torch.nn.Linear) and layer.weight.requires_grad and bool((layer.weight == 0).any()):
+                keep = (layer.weight != 0).detach()
+                layer.weight.register_hook(lambda grad, keep=keep: grad * keep)
+                masked += 1
+    return masked
 
 
 def make_dev_set(cfg: TrainConfig):

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 
 from nvembed.data.collate import ContrastiveBatch
-from nvembed.losses import contrastive_loss, matryoshka_loss
+from nvembed.losses import contrastive_loss, distillation_loss, matryoshka_loss
 from nvembed.training.gradcache import gradcache_backward, split_features
 
 
@@ -44,6 +44,9 @@ def contrastive_backward(
     backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
     micro_batch: int = 32,
     matryoshka_dims: tuple[int, ...] = (),
+    teacher: torch.nn.Module | None = None,
+    distill_weight: float = 1.0,
+    distill_kind: str = "cosine",
 ) -> torch.Tensor:
     """Embed queries and documents, compute InfoNCE, backpropagate; returns the detached loss.
 
@@ -56,6 +59,8 @@ def contrastive_backward(
         backward: how to backpropagate (DeepSpeed passes ``engine.backward``).
         micro_batch: without GradCache, rows per length-sorted forward pass (less padding, same result).
         matryoshka_dims: also train these leading slices as embeddings (:func:`nvembed.losses.matryoshka_loss`).
+        teacher: a frozen model whose embeddings of the same texts the student is pulled towards
+            (:func:`nvembed.losses.distillation_loss`, weighted by ``distill_weight``); None = contrastive only.
     """
     device = batch.neg_mask.device
 
@@ -65,14 +70,29 @@ def contrastive_backward(
 
     q_chunks, q_inv = sorted_chunks(batch.queries, chunk_size or micro_batch)
     d_chunks, d_inv = sorted_chunks(batch.docs, chunk_size or micro_batch)
+    targets = None
+    if teacher is not None:
+        teacher.eval()
+        with torch.no_grad(), autocast_context(device, autocast_dtype):  # same chunks, same (sorted) order
+            targets = (
+                torch.cat([teacher(**c).float() for c in q_chunks]),  # [B, D]
+                torch.cat([teacher(**c).float() for c in d_chunks]),  # [B(1+K), D]
+            )
 
     def loss_fn(queries: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
         # inputs arrive in length-sorted order; put them back in batch order: [B, D], [B(1+K), D]
         if matryoshka_dims:
-            return matryoshka_loss(
+            loss = matryoshka_loss(
                 queries[q_inv], docs[d_inv], batch.neg_mask, batch.in_batch, temperature, matryoshka_dims
             )
-        return contrastive_loss(queries[q_inv], docs[d_inv], batch.neg_mask, batch.in_batch, temperature)
+        else:
+            loss = contrastive_loss(queries[q_inv], docs[d_inv], batch.neg_mask, batch.in_batch, temperature)
+        if targets is not None:
+            pull = distillation_loss(queries, targets[0], distill_kind) + distillation_loss(
+                docs, targets[1], distill_kind
+            )
+            loss = loss + distill_weight * pull / 2
+        return loss
 
     if chunk_size is None:
         queries = torch.cat([embed(c) for c in q_chunks])  # [B, D]

@@ -1,0 +1,201 @@
+"""The compression study (issue 16): weight pruning and quantization, embedding truncation and quantization, one
+table against the uncompressed model measured in the same run.
+
+For each variant: ``nvembed compress`` (weights) or the mteb encoder's ``dimensions=`` / ``precision=`` (vectors),
+then mteb's evaluators on local folders under ``$NVEMBED_DATA`` (default: SciFact, STSBenchmark, Banking77), then
+one row: score per task, mean, retention (mean / uncompressed mean), non-zero backbone parameters, bytes of the
+export on disk, bytes the compressed weights take packed (codes + scales; what a compact serialisation would
+store), bytes per vector, encode throughput as a ratio to the uncompressed model (same texts, same process).
+
+    NVEMBED_DATA=../shared/data .venv/bin/python benchmarks/compression.py --model runs/recipe/recipe/stage2/final \
+        --out runs/compression
+
+Pruned and quantized exports hold float weights (zeros / dequantized values), so they load anywhere and encode at
+the uncompressed speed: speed needs sparse or low-bit kernels, which this CPU study does not have. Recovery by
+distillation is not implemented (issue 16); its rows are absent, not estimated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DATA = Path(os.environ.get("NVEMBED_DATA") or ROOT.parent / "shared" / "data")
+TASKS = {"SciFact": "scifact", "STSBenchmark": "stsbenchmark", "Banking77Classification": "banking77"}
+SHORT = {"Banking77Classification": "Banking77", "STSBenchmark": "STS-B"}
+
+# name -> nvembed compress options (weights) or encoder options (vectors)
+WEIGHT_VARIANTS = {
+    "magnitude 50%": {"prune_method": "magnitude", "sparsity": "0.5"},
+    "magnitude 2:4": {"prune_method": "magnitude", "sparsity": "2:4"},
+    "wanda 50%": {"prune_method": "wanda", "sparsity": "0.5"},
+    "wanda 2:4": {"prune_method": "wanda", "sparsity": "2:4"},
+    "sparsegpt 50%": {"prune_method": "sparsegpt", "sparsity": "0.5"},
+    "sparsegpt 2:4": {"prune_method": "sparsegpt", "sparsity": "2:4"},
+    "int8 weights": {"quantize": "int8"},
+    "int4 weights": {"quantize": "int4"},
+}
+VECTOR_VARIANTS = {
+    "vectors d/2": {"dimensions": 0.5},
+    "vectors d/4": {"dimensions": 0.25},
+    "vectors int8": {"precision": "int8"},
+    "vectors binary": {"precision": "binary"},
+}
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def nonzero_params(embedder) -> int:
+    return sum(int((p != 0).sum()) for p in embedder._base_backbone().parameters())
+
+
+def evaluate(embedder, source: str, work: Path, tasks: dict[str, str], **encoder_options) -> dict[str, float]:
+    import mteb
+
+    from evaluation.encoder import NVEmbedEncoder
+    from evaluation.local import local_task
+    from evaluation.suite import register
+
+    register()
+    encoder = NVEmbedEncoder(embedder, max_length=256, source=source, **encoder_options)
+    loaded = [local_task(mteb.get_task(name), DATA / folder, work / "mteb-data") for name, folder in tasks.items()]
+    res = mteb.evaluate(
+        encoder,
+        loaded,
+        cache=None,
+        overwrite_strategy="always",
+        show_progress_bar=False,
+        encode_kwargs={"batch_size": 32},
+    )
+    if res.exceptions:
+        raise RuntimeError(res.exceptions)
+    return {r.task_name: round(100 * float(r.get_score()), 2) for r in res.task_results}
+
+
+def throughput(embedder, texts: list[str]) -> float:
+    embedder.encode(texts[:64], show_progress=False)  # warm-up
+    t0 = time.perf_counter()
+    embedder.encode(texts, show_progress=False, batch_size=32)
+    return len(texts) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    from nvembed import Embedder
+    from nvembed.compress import compress_model, read_calibration_texts
+    from nvembed.compression import Int8Calibration
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True, help="the trained export to compress")
+    parser.add_argument("--out", default="runs/compression")
+    parser.add_argument("--variants", default="all", help="comma-separated names of the grid, or 'all'")
+    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated, of " + ", ".join(TASKS))
+    parser.add_argument(
+        "--calibration", default=None, help="calibration texts (default: SNLI validation triplets of $NVEMBED_DATA)"
+    )
+    parser.add_argument("--calibration-texts", type=int, default=128)
+    parser.add_argument("--int8-vectors", type=int, default=5000, help="corpus vectors for int8 vector ranges")
+    args = parser.parse_args()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = {t: TASKS[t] for t in args.tasks.split(",")}
+    grid = {**WEIGHT_VARIANTS, **VECTOR_VARIANTS}
+    names = list(grid) if args.variants == "all" else [v.strip() for v in args.variants.split(",")]
+    unknown = [n for n in names if n not in grid]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; known: {', '.join(grid)}")
+    calibration = Path(args.calibration or DATA / "snli-devtest" / "triplets_validation.jsonl")
+    probe = [json.loads(line)["sentence1"] for line in open(DATA / "stsbenchmark" / "test.jsonl")][:1000]
+
+    results_file = out / "results.json"
+    rows: dict[str, dict] = json.loads(results_file.read_text()) if results_file.exists() else {}
+    reference = Embedder.from_pretrained(args.model)
+    ref_speed = throughput(reference, probe)
+    if "uncompressed" not in rows:
+        t0 = time.perf_counter()
+        rows["uncompressed"] = {
+            "scores": evaluate(reference, args.model, out, tasks),
+            "params": nonzero_params(reference),
+            "disk": folder_bytes(Path(args.model)),
+            "packed": None,
+            "vector_bytes": reference.dim * 4,
+            "speed": 1.0,
+        }
+        print("uncompressed", rows["uncompressed"]["scores"], f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    for name in names:
+        t0 = time.perf_counter()
+        options = grid[name]
+        if name in WEIGHT_VARIANTS:
+            folder = out / "models" / name.replace(" ", "_").replace(":", "-").replace("%", "pct")
+            compress_model(
+                args.model, folder, calibration_path=calibration, calibration_texts=args.calibration_texts, **options
+            )
+            model = Embedder.from_pretrained(str(folder))
+            steps = json.loads((folder / "nvembed_config.json").read_text())["card"]["compression"]
+            quant = next((s for s in steps if s["step"] == "quantize"), None)
+            row = {
+                "scores": evaluate(model, str(folder), out, tasks),
+                "params": nonzero_params(model),
+                "disk": folder_bytes(folder),
+                "packed": quant["packed_bytes"] if quant else None,
+                "vector_bytes": model.dim * 4,
+                "speed": round(throughput(model, probe) / ref_speed, 3),
+            }
+        else:
+            enc: dict = {}
+            width = reference.dim
+            if "dimensions" in options:
+                width = int(reference.dim * options["dimensions"])
+                enc["dimensions"] = width
+            precision = options.get("precision", "float32")
+            if precision != "float32":
+                enc["precision"] = precision
+            if precision == "int8":
+                corpus = read_calibration_texts(DATA / "scifact", args.int8_vectors, seed=1)
+                enc["calibration"] = Int8Calibration.from_vectors(reference.encode(corpus, show_progress=False))
+            row = {
+                "scores": evaluate(reference, args.model, out, tasks, **enc),
+                "params": nonzero_params(reference),
+                "disk": folder_bytes(Path(args.model)),
+                "packed": None,
+                "vector_bytes": {"float32": width * 4, "int8": width, "binary": width // 8}[precision],
+                "speed": 1.0,
+            }
+        rows[name] = row
+        print(name, row["scores"], f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        results_file.write_text(json.dumps(rows, indent=2))
+    print()
+    print(table(rows, list(tasks)))
+
+
+def table(rows: dict[str, dict], tasks: list[str]) -> str:
+    ref = rows["uncompressed"]
+    ref_mean = sum(ref["scores"][t] for t in tasks) / len(tasks)
+    head = "| variant | " + " | ".join(SHORT.get(t, t) for t in tasks)
+    head += " | mean | retention | non-zero params | disk MB | packed weights MB | bytes/vector | encode speed |"
+    lines = [head, "|" + "---|" * (len(tasks) + 8)]
+    for name, row in rows.items():
+        mean = sum(row["scores"][t] for t in tasks) / len(tasks)
+        packed = f"{row['packed'] / 1e6:.1f}" if row["packed"] else ""
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{row['scores'][t]:.2f}" for t in tasks)
+            + f" | {mean:.2f} | {100 * mean / ref_mean:.1f}% | {row['params'] / 1e6:.2f}M | {row['disk'] / 1e6:.1f}"
+            + f" | {packed} | {row['vector_bytes']} | {row['speed']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
