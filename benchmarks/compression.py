@@ -45,6 +45,9 @@ WEIGHT_VARIANTS = {
     "int8 weights": {"quantize": "int8"},
     "int4 weights": {"quantize": "int4"},
 }
+# recovery rows: "<weight variant> + recovery" trains the compressed export with distillation from the uncompressed
+# model (loss.distill_from) through nvembed's training driver, on stage 2 of --recover-config
+RECOVERY = " + recovery"
 VECTOR_VARIANTS = {
     "vectors d/2": {"dimensions": 0.5},
     "vectors d/4": {"dimensions": 0.25},
@@ -84,6 +87,37 @@ def evaluate(embedder, source: str, work: Path, tasks: dict[str, str], **encoder
     return {r.task_name: round(100 * float(r.get_score()), 2) for r in res.task_results}
 
 
+def recover(compressed: Path, args, work: Path, options: dict) -> Path:
+    """Distil the uncompressed model into ``compressed`` with stage 2 of ``--recover-config`` (nvembed's own
+    training driver, in this process); a quantized model is quantized again afterwards (training leaves the grid)."""
+    from nvembed.compress import compress_model
+    from nvembed.config import JobConfig, load_yaml
+    from nvembed.training.job import run_job_locally
+
+    overrides = [
+        f"output_dir={work}",
+        f"stage2.run.init_from={compressed}",
+        f"stage2.run.max_steps={args.recover_steps}",
+        f"stage2.run.checkpoint_every={args.recover_steps}",
+        f"stage2.optim.lr={args.recover_lr}",
+        f"stage2.optim.head_lr={args.recover_lr}",
+        f"stage2.loss.distill_from={Path(args.model).resolve()}",
+        f"stage2.loss.distill_weight={args.distill_weight}",
+    ]
+    if args.data_cache:
+        overrides.append(f"stage2.data.cache_dir={Path(args.data_cache).resolve()}")
+    cwd = os.getcwd()
+    os.chdir(ROOT)  # the job's data paths are relative to the project root
+    try:
+        run_job_locally(load_yaml(args.recover_config, JobConfig, overrides), stages=[2])
+    finally:
+        os.chdir(cwd)
+    final = work / "stage2" / "final"
+    if options.get("quantize"):
+        return compress_model(str(final), work / "requantized", quantize=options["quantize"])
+    return final
+
+
 def throughput(embedder, texts: list[str]) -> float:
     embedder.encode(texts[:64], show_progress=False)  # warm-up
     t0 = time.perf_counter()
@@ -106,11 +140,18 @@ def main() -> None:
     )
     parser.add_argument("--calibration-texts", type=int, default=128)
     parser.add_argument("--int8-vectors", type=int, default=5000, help="corpus vectors for int8 vector ranges")
+    parser.add_argument(
+        "--recover-config", default=str(ROOT / "jobs/configs/quickstart.yaml"), help="job whose stage 2 recovers"
+    )
+    parser.add_argument("--recover-steps", type=int, default=40)
+    parser.add_argument("--recover-lr", type=float, default=5e-5)
+    parser.add_argument("--distill-weight", type=float, default=5.0)
+    parser.add_argument("--data-cache", default=None, help="curated rows of the recovery job (reused when present)")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     tasks = {t: TASKS[t] for t in args.tasks.split(",")}
-    grid = {**WEIGHT_VARIANTS, **VECTOR_VARIANTS}
+    grid = {**WEIGHT_VARIANTS, **{k + RECOVERY: v for k, v in WEIGHT_VARIANTS.items()}, **VECTOR_VARIANTS}
     names = list(grid) if args.variants == "all" else [v.strip() for v in args.variants.split(",")]
     unknown = [n for n in names if n not in grid]
     if unknown:
@@ -136,11 +177,13 @@ def main() -> None:
     for name in names:
         t0 = time.perf_counter()
         options = grid[name]
-        if name in WEIGHT_VARIANTS:
-            folder = out / "models" / name.replace(" ", "_").replace(":", "-").replace("%", "pct")
+        if name.removesuffix(RECOVERY) in WEIGHT_VARIANTS:
+            folder = out / "models" / name.replace(" ", "_").replace(":", "-").replace("%", "pct").replace("+", "")
             compress_model(
                 args.model, folder, calibration_path=calibration, calibration_texts=args.calibration_texts, **options
             )
+            if name.endswith(RECOVERY):
+                folder = recover(folder, args, out / "recovery" / folder.name, options)
             model = Embedder.from_pretrained(str(folder))
             steps = json.loads((folder / "nvembed_config.json").read_text())["card"]["compression"]
             quant = next((s for s in steps if s["step"] == "quantize"), None)
