@@ -7,7 +7,8 @@ divide every layer's width, and the number of calibration texts. Each step is re
 the export's model card and ``nvembed_config.json`` (``card.compression``).
 
 Embedding-level compression (truncation, int8/binary vectors) is :mod:`nvembed.compression`: it changes how an
-export is served, not its weights. Recovery by distillation is not implemented yet (issue 16 says what it needs).
+export is served, not its weights. Recovery is a training stage: ``run.init_from=<compressed export>`` with
+``loss.distill_from=<uncompressed export>`` (docs/compression.md); a pruned export's zeros stay zero there.
 """
 
 from __future__ import annotations
@@ -162,8 +163,8 @@ def compress_embedder(
             calibration_texts=calibration if prune_method != "magnitude" else (),
         )
         record = {"step": "prune", **asdict(report), "achieved": round(report.achieved, 4)}
-        if prune_method == "magnitude":
-            record.pop("calibration_texts"), record.pop("calibration_tokens")
+        if prune_method == "magnitude":  # no calibration
+            del record["calibration_texts"], record["calibration_tokens"]
         steps.append(record)
         logger.info(
             "pruned %s %s: %.1f%% of %d weights",

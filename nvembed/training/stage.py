@@ -52,6 +52,17 @@ def build_stage_embedder(cfg: TrainConfig) -> Embedder:
         emb.config.model.instruction_policy = cfg.model.instruction_policy
         if emb.card is not None and any(s.get("step") == "prune" for s in emb.card.compression):
             keep_sparsity(emb.model)  # recovery of a pruned export: its zeros stay zero
+        if cfg.loss.distill_from and emb.card is not None and emb.card.compression:
+            emb.card.compression.append(  # recovery is a compression step too: the export's card says so
+                {
+                    "step": "recover",
+                    "teacher": cfg.loss.distill_from,
+                    "distill_kind": cfg.loss.distill_kind,
+                    "distill_weight": cfg.loss.distill_weight,
+                    "steps": cfg.run.max_steps,
+                    "lr": cfg.optim.lr,
+                }
+            )
         return emb
     return Embedder.from_config(cfg.embedder_config(), seed=cfg.run.seed)
 
@@ -117,9 +128,10 @@ def keep_sparsity(model: torch.nn.Module) -> int:
     gradient hook masking them. Under AdamW a weight whose gradient is always zero never moves (its moments stay
     zero; decoupled decay scales zero), so the export has the pattern ``nvembed compress`` wrote. Returns the
     number of masked layers."""
+    from nvembed.modeling.lora import is_peft
     from nvembed.pruning import transformer_blocks
 
-    backbone = model.backbone.get_base_model() if hasattr(model.backbone, "get_base_model") else model.backbone
+    backbone = model.backbone.get_base_model() if is_peft(model.backbone) else model.backbone
     masked = 0
     for block in transformer_blocks(backbone):
         for layer in block.modules():

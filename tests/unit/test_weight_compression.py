@@ -251,3 +251,4 @@ def test_distillation_pulls_towards_the_teacher_and_keeps_sparsity(tmp_path, tin
     assert gap1 < gap0
     assert sparsity_of(emb._base_backbone()) == pytest.approx(0.5, abs=0.01)
     assert engine.teacher is not None and not any(p.requires_grad for p in engine.teacher.parameters())
+    assert [s["step"] for s in emb.card.compression] == ["prune", "recover"]
