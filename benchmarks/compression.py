@@ -66,26 +66,11 @@ def nonzero_params(embedder) -> int:
 
 
 def evaluate(embedder, source: str, work: Path, tasks: dict[str, str], **encoder_options) -> dict[str, float]:
-    import mteb
-
     from evaluation.encoder import NVEmbedEncoder
-    from evaluation.local import local_task
-    from evaluation.suite import register
+    from evaluation.local import score_local
 
-    register()
     encoder = NVEmbedEncoder(embedder, max_length=256, source=source, **encoder_options)
-    loaded = [local_task(mteb.get_task(name), DATA / folder, work / "mteb-data") for name, folder in tasks.items()]
-    res = mteb.evaluate(
-        encoder,
-        loaded,
-        cache=None,
-        overwrite_strategy="always",
-        show_progress_bar=False,
-        encode_kwargs={"batch_size": 32},
-    )
-    if res.exceptions:
-        raise RuntimeError(res.exceptions)
-    return {r.task_name: round(100 * float(r.get_score()), 2) for r in res.task_results}
+    return score_local(encoder, {name: DATA / folder for name, folder in tasks.items()}, work)
 
 
 def recover(compressed: Path, args, work: Path, options: dict) -> Path:

@@ -64,34 +64,16 @@ VARIANTS: dict[str, list[str]] = {
 
 
 def evaluate(model_path: str, work: Path, instructions: bool) -> dict[str, float]:
-    import mteb
-
     from evaluation.encoder import NVEmbedEncoder
-    from evaluation.local import local_task
-    from evaluation.suite import register
+    from evaluation.local import score_local
     from nvembed import Embedder
 
-    register()
     options = {"pooling": "mean"} if model_path.startswith("packaged:") else {}  # a saved model keeps its head
     emb = Embedder.from_pretrained(model_path, **options)
     encoder = NVEmbedEncoder(emb, max_length=256, source=model_path)
     if not instructions:
         encoder.instruction = lambda *a: None
-    tasks = [
-        local_task(mteb.get_task(name), DATA / folder, work / "mteb-data")
-        for name, folder in {**IN_DOMAIN, **OUT_OF_DOMAIN}.items()
-    ]
-    res = mteb.evaluate(
-        encoder,
-        tasks,
-        cache=None,
-        overwrite_strategy="always",
-        show_progress_bar=False,
-        encode_kwargs={"batch_size": 32},
-    )
-    if res.exceptions:
-        raise RuntimeError(res.exceptions)
-    return {r.task_name: round(100 * float(r.get_score()), 2) for r in res.task_results}
+    return score_local(encoder, {name: DATA / folder for name, folder in {**IN_DOMAIN, **OUT_OF_DOMAIN}.items()}, work)
 
 
 def means(scores: dict[str, float]) -> tuple[float, float]:

@@ -238,3 +238,27 @@ def local_task(task, data_dir: str | Path, work_dir: str | Path):
     task.metadata = task.metadata.model_copy(update={"dataset": dataset})
     task.data_loaded = False
     return task
+
+
+def score_local(encoder, folders: dict[str, str | Path], work_dir: str | Path) -> dict[str, float]:
+    """Score one mteb encoder on mteb tasks read from local folders (``task name -> folder``), in this process,
+    without a result cache; returns ``task -> main score x 100`` (2 decimals). Raises if any task failed.
+
+    What the benchmarks use to compare models on the same local data (``nvembed evaluate`` is the Ray path)."""
+    import mteb
+
+    from evaluation.suite import register
+
+    register()
+    tasks = [local_task(mteb.get_task(name), folder, Path(work_dir) / "mteb-data") for name, folder in folders.items()]
+    res = mteb.evaluate(
+        encoder,
+        tasks,
+        cache=None,
+        overwrite_strategy="always",
+        show_progress_bar=False,
+        encode_kwargs={"batch_size": 32},
+    )
+    if res.exceptions:
+        raise RuntimeError(res.exceptions)
+    return {r.task_name: round(100 * float(r.get_score()), 2) for r in res.task_results}
